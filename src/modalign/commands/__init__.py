@@ -1,0 +1,1 @@
+"""Sub-commands of the ``modalign`` command line, one module each (see ``modalign.cli``)."""

@@ -1,0 +1,141 @@
+"""Precomputed features per modality, with the ids they belong to, read without loading them whole.
+
+Two on-disk forms:
+
+* ``NAME.npy`` (float32/float16, shape (N, D)) with ``NAME.ids.json`` beside it (a JSON list of N
+  string ids). The array is memory-mapped: only the rows a batch needs are read.
+* ``NAME.safetensors`` with one tensor ``features`` (N, D) and the ids as JSON in the metadata
+  key ``ids``. safetensors files are memory-mapped by ``safe_open`` as well.
+
+An id is whatever the manifest's cell for that modality holds (a path, a text, or any key), so the
+manifest used to compute features is the same one used to train on them.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "text.npy"
+    >>> write_features(path, ["a", "b"], np.ones((2, 3), dtype=np.float32))
+    >>> store = FeatureStore.open(path)
+    >>> store.dim, len(store), store.rows(["b"]).shape
+    (3, 2, (1, 3))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from modalign.errors import DataError
+from modalign.io import atomic_path
+
+
+def ids_path(npy_path: Path) -> Path:
+    """The ids file that belongs to ``npy_path`` (``x.npy`` -> ``x.ids.json``)."""
+    return npy_path.with_suffix(".ids.json")
+
+
+class FeatureStore:
+    """Read-only, memory-mapped features of one modality, looked up by id."""
+
+    def __init__(self, path: Path, array: np.ndarray, ids: list[str]) -> None:
+        self.path = path
+        self.array = array  # (N, D), memory-mapped
+        self.ids = ids
+        self.index = {key: i for i, key in enumerate(ids)}
+        if len(self.index) != len(ids):
+            seen: set[str] = set()
+            dup = next(key for key in ids if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+            raise DataError(f"{path}: duplicate id {dup!r} in the feature ids")
+        if array.ndim != 2 or array.shape[0] != len(ids):
+            raise DataError(f"{path}: features have shape {array.shape} but there are {len(ids)} ids")
+
+    @classmethod
+    def open(cls, path: str | Path) -> FeatureStore:
+        """Open a ``.npy`` (with ``.ids.json``) or ``.safetensors`` feature file."""
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"{path}: feature file not found")
+        if path.suffix == ".npy":
+            return cls._open_npy(path)
+        if path.suffix == ".safetensors":
+            return cls._open_safetensors(path)
+        raise DataError(f"{path}: unknown feature file type (expected .npy or .safetensors)")
+
+    @classmethod
+    def _open_npy(cls, path: Path) -> FeatureStore:
+        id_file = ids_path(path)
+        if not id_file.exists():
+            raise DataError(f"{path}: ids file {id_file.name} not found beside it")
+        try:
+            array = np.load(path, mmap_mode="r")
+        except ValueError as err:
+            raise DataError(f"{path}: not a readable .npy array ({err})") from None
+        return cls(path, array, _read_ids(id_file))
+
+    @classmethod
+    def _open_safetensors(cls, path: Path) -> FeatureStore:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            if "features" not in f.keys():
+                raise DataError(f"{path}: no tensor named 'features'")
+            array = f.get_tensor("features")
+        if "ids" not in meta:
+            raise DataError(f"{path}: metadata has no 'ids' entry")
+        return cls(path, array, _parse_ids(meta["ids"], path))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.array.shape[1])
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """Float32 (len(keys), D) features of ``keys``, in order."""
+        try:
+            positions = [self.index[key] for key in keys]
+        except KeyError as err:
+            raise DataError(f"{self.path}: no features for id {err.args[0]!r}") from None
+        order = np.argsort(positions)  # sorted reads are kinder to the page cache
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        out[order] = self.array[np.asarray(positions)[order]]
+        return out
+
+
+def _read_ids(path: Path) -> list[str]:
+    return _parse_ids(path.read_text(encoding="utf-8"), path)
+
+
+def _parse_ids(text: str, path: Path) -> list[str]:
+    try:
+        ids = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: ids are not valid JSON ({err})") from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise DataError(f"{path}: ids must be a JSON list of strings")
+    return ids
+
+
+def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray) -> None:
+    """Write features and their ids atomically (array first, ids last: ids mark completion)."""
+    path = Path(path)
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if features.shape[0] != len(ids):
+        raise DataError(f"{path}: {features.shape[0]} feature rows for {len(ids)} ids")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        with atomic_path(path) as tmp:
+            save_file({"features": features}, str(tmp), metadata={"ids": json.dumps(list(ids))})
+        return
+    if path.suffix != ".npy":
+        raise DataError(f"{path}: unknown feature file type (expected .npy or .safetensors)")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, features)
+    with atomic_path(ids_path(path)) as tmp:
+        tmp.write_text(json.dumps(list(ids)), encoding="utf-8")
