@@ -1,0 +1,392 @@
+"""Exact cross-modal retrieval metrics, streamed over query chunks.
+
+A query ``q`` and a gallery item ``g`` are positives when their group ids are equal; a query may
+have several positives. Scores are cosine similarities (rows are L2-normalised, so dot products).
+
+**How ranks are computed (the trick).** No full (Q, N) score matrix and no full sort is ever
+built. For each chunk of queries the (chunk, N) scores are computed with one matmul; the scores of
+each query's positives are gathered (the gallery is sorted by group, so a query's positives form
+one contiguous range), the positives are then overwritten with ``-inf``, and the rank of the
+``i``-th best positive is ``i + #{negatives scoring strictly higher}``. Counting is exact, so every
+metric below is exact; peak memory is O(chunk * N) for the scores plus O(Q * len(ks)) for the
+per-query results.
+
+**Ties.** A negative that scores exactly the same as a positive is ranked *after* it (optimistic
+tie-breaking), and tied positives are ranked in a fixed order, so the ``i``-th positive always has
+rank >= ``i``. ``torch.topk``/``argsort`` based tools (CLIP_benchmark, open_clip) break ties by
+index order instead; with continuous embeddings the two agree, and they differ only on exactly
+equal scores (for example exact duplicate rows in *different* groups).
+
+**Metrics** (each the mean over queries of a per-query value; ranks are 1-based):
+
+- ``recall@k``: 1 if at least one positive is in the top ``k`` else 0 (the "hit rate" used in
+  CLIP-like papers and by CLIP_benchmark, ``recall > 0``, and open_clip's ``R@k``).
+- ``precision@k``: number of positives in the top ``k``, divided by ``k``.
+- ``ndcg@k``: binary-relevance nDCG, gain ``1 / log2(rank + 1)``, ideal = all positives first.
+- ``mrr``: mean of ``1 / rank`` of the first positive.
+- ``map``: mean over queries of average precision over *all* positives in the gallery,
+  ``AP = mean_i(i / rank_i)``.
+- ``mean_rank``, ``median_rank``: of the first positive (open_clip floors the median of its
+  0-based ranks and adds 1; ``median_rank`` here is the plain median, so it may end in .5).
+
+Example:
+    >>> g = np.eye(3, dtype=np.float32)
+    >>> m = retrieval_metrics(g, g, np.arange(3), np.arange(3), ks=(1,))
+    >>> m["recall@1"], m["mrr"], m["median_rank"]
+    (1.0, 1.0, 1.0)
+
+References:
+    Manning, Raghavan & Schütze, 2008, "Introduction to Information Retrieval", ch. 8 (precision,
+    MAP, nDCG). CLIP_benchmark ``metrics/zeroshot_retrieval.py``; open_clip ``get_clip_metrics``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from modalign.embeddings import EmbeddingSet
+
+#: Above this many positives per query, ranks are found by sorting rows instead of one pass each.
+SORT_THRESHOLD = 16
+
+
+@dataclass(frozen=True)
+class PerQueryRetrieval:
+    """Per-query retrieval results: the raw material for means, bootstraps and paired tests.
+
+    Args:
+        ks: the cut-offs, in the order of the columns of ``hits`` and ``ndcg``.
+        first_rank: int64 (Q,) 1-based rank of the best-scoring positive.
+        average_precision: float64 (Q,) AP over all of the query's positives.
+        hits: int64 (Q, len(ks)) number of positives within the top ``k``.
+        ndcg: float64 (Q, len(ks)) nDCG@k.
+        n_positives: int64 (Q,) positives of each query in the gallery.
+        n_gallery: number of gallery items searched.
+    """
+
+    ks: tuple[int, ...]
+    first_rank: np.ndarray
+    average_precision: np.ndarray
+    hits: np.ndarray
+    ndcg: np.ndarray
+    n_positives: np.ndarray
+    n_gallery: int = 0
+
+    def __len__(self) -> int:
+        return len(self.first_rank)
+
+    def values(self) -> dict[str, np.ndarray]:
+        """Per-query value of every metric, keyed like :func:`summarize_retrieval`'s output.
+
+        ``median_rank`` is not a mean of per-query values, so it maps to the ranks themselves.
+        """
+        rank = self.first_rank.astype(np.float64)
+        out: dict[str, np.ndarray] = {}
+        for k in self.ks:
+            out[f"recall@{k}"] = (self.first_rank <= k).astype(np.float64)
+        for j, k in enumerate(self.ks):
+            out[f"precision@{k}"] = self.hits[:, j] / k
+        for j, k in enumerate(self.ks):
+            out[f"ndcg@{k}"] = self.ndcg[:, j]
+        out["mrr"] = 1.0 / rank
+        out["map"] = self.average_precision
+        out["mean_rank"] = rank
+        out["median_rank"] = rank
+        return out
+
+
+def summarize_retrieval(per_query: PerQueryRetrieval) -> dict[str, float]:
+    """Average per-query results into metrics (``median_rank`` is a median, the rest are means).
+
+    Example:
+        >>> pq = PerQueryRetrieval((1,), np.array([1, 3]), np.array([1.0, 0.5]),
+        ...     np.array([[1], [0]]), np.array([[1.0], [0.0]]), np.array([1, 2]))
+        >>> summarize_retrieval(pq)["mrr"]
+        0.6666666666666666
+    """
+    if len(per_query) == 0:
+        raise ValueError("no queries to summarise")
+    reduce = {"median_rank": np.median}
+    return {k: float(reduce.get(k, np.mean)(v)) for k, v in per_query.values().items()}
+
+
+def retrieval_metrics(
+    queries: np.ndarray | Tensor,
+    gallery: np.ndarray | Tensor,
+    query_groups: np.ndarray | None = None,
+    gallery_groups: np.ndarray | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int | None = None,
+) -> dict[str, float]:
+    """Exact retrieval metrics of ``queries`` against ``gallery``, streamed over query chunks.
+
+    Args:
+        queries: (Q, D) L2-normalised query embeddings.
+        gallery: (N, D) L2-normalised gallery embeddings.
+        query_groups: (Q,) ints; ``None`` with ``gallery_groups=None`` pairs row i with row i.
+        gallery_groups: (N,) ints; equal group ids are positives.
+        ks: cut-offs for recall, precision and nDCG.
+        chunk_size: queries per chunk; default keeps a chunk's scores near 128 MiB.
+
+    Returns:
+        ``{"recall@1": ..., "precision@1": ..., "ndcg@1": ..., "mrr", "map", "mean_rank",
+        "median_rank"}`` (see the module docstring for definitions).
+
+    Example:
+        >>> q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+        >>> g = np.array([[0.0, 1.0], [0.6, 0.8], [1.0, 0.0]], dtype=np.float32)
+        >>> m = retrieval_metrics(q, g, np.array([0, 1]), np.array([0, 0, 1]), ks=(1, 2))
+        >>> m["recall@1"], m["recall@2"], m["mean_rank"], round(m["map"], 4)
+        (0.0, 0.5, 2.5, 0.4583)
+    """
+    return summarize_retrieval(
+        retrieval_per_query(queries, gallery, query_groups, gallery_groups, ks, chunk_size)
+    )
+
+
+def retrieval_per_query(
+    queries: np.ndarray | Tensor,
+    gallery: np.ndarray | Tensor,
+    query_groups: np.ndarray | None = None,
+    gallery_groups: np.ndarray | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int | None = None,
+) -> PerQueryRetrieval:
+    """Per-query ranks behind :func:`retrieval_metrics` (same arguments).
+
+    Raises:
+        ValueError: on shape mismatches, non-finite values, or a query without any positive.
+
+    Example:
+        >>> g = np.eye(2, dtype=np.float32)
+        >>> retrieval_per_query(g, g[::-1], np.array([0, 1]), np.array([1, 0]), ks=(1,)).first_rank.tolist()
+        [1, 1]
+    """
+    q, g = _as_tensor(queries, "queries"), _as_tensor(gallery, "gallery")
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"queries have dimension {q.shape[1]} but the gallery has {g.shape[1]}")
+    qg, gg = _groups(q.shape[0], g.shape[0], query_groups, gallery_groups)
+    order = np.argsort(gg, kind="stable")
+    g_sorted, gg_sorted = (
+        g[torch.from_numpy(order)],
+        gg[order],
+    )  # positives of a group are contiguous
+    start = np.searchsorted(gg_sorted, qg, side="left")
+    count = np.searchsorted(gg_sorted, qg, side="right") - start
+    if (count == 0).any():
+        bad = int(np.flatnonzero(count == 0)[0])
+        raise ValueError(f"query {bad} (group {qg[bad]}) has no positive in the gallery")
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    chunk = chunk_size or max(1, min(4096, (1 << 25) // max(1, g.shape[0])))
+    parts = [
+        _chunk_stats(
+            _chunk_ranks(q[i : i + chunk], g_sorted, start[i : i + chunk], count[i : i + chunk]),
+            count[i : i + chunk],
+            ks,
+        )
+        for i in range(0, q.shape[0], chunk)
+    ]
+    return _per_query_from_chunks(parts, count, ks, g.shape[0])
+
+
+def _as_tensor(x: np.ndarray | Tensor, name: str) -> Tensor:
+    t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x).float()
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, dim), got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contain NaN or inf; select present rows first")
+    return t
+
+
+def _groups(
+    n_q: int, n_g: int, qg: np.ndarray | None, gg: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if qg is None and gg is None:
+        if n_q != n_g:
+            raise ValueError(
+                f"paired rows need equal sizes, got {n_q} queries and {n_g} gallery items; pass groups"
+            )
+        return np.arange(n_q), np.arange(n_g)
+    if qg is None or gg is None:
+        raise ValueError("pass groups for both queries and gallery, or for neither")
+    qg, gg = np.asarray(qg).astype(np.int64), np.asarray(gg).astype(np.int64)
+    if qg.shape != (n_q,) or gg.shape != (n_g,):
+        raise ValueError(
+            f"groups have shapes {qg.shape} and {gg.shape}, expected ({n_q},) and ({n_g},)"
+        )
+    return qg, gg
+
+
+@torch.no_grad()
+def _chunk_ranks(q: Tensor, g_sorted: Tensor, start: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Ranks (c, P) of each query's positives, best first; padding columns hold a huge rank."""
+    scores = q @ g_sorted.T  # (c, N)
+    p = int(count.max())
+    j = torch.arange(p)
+    st, ct = torch.from_numpy(start), torch.from_numpy(count)
+    valid = j[None, :] < ct[:, None]  # (c, P)
+    idx = torch.where(valid, st[:, None] + j[None, :], st[:, None])  # invalid -> a real positive
+    pos = scores.gather(1, idx).masked_fill(~valid, -math.inf)
+    pos = pos.sort(dim=1, descending=True).values  # (c, P), best positive first
+    scores.scatter_(1, idx, -math.inf)  # now only negatives remain
+    if p <= SORT_THRESHOLD:
+        higher = torch.stack([(scores > pos[:, i : i + 1]).sum(1) for i in range(p)], dim=1)
+    else:  # one sort per row beats P passes over the row
+        ascending = scores.sort(dim=1).values
+        higher = scores.shape[1] - torch.searchsorted(ascending, pos.contiguous(), right=True)
+    ranks = (j[None, :] + 1 + higher).numpy().astype(np.int64)
+    ranks[~valid.numpy()] = 1 << 40  # padding: past any cut-off, contributes nothing
+    return ranks
+
+
+def _chunk_stats(
+    ranks: np.ndarray, count: np.ndarray, ks: tuple[int, ...]
+) -> tuple[np.ndarray, ...]:
+    """Reduce a chunk's positive ranks (c, P) to per-query values, so ranks never pile up."""
+    valid = np.arange(ranks.shape[1])[None, :] < count[:, None]
+    order = np.arange(1, ranks.shape[1] + 1, dtype=np.float64)[None, :]
+    ap = np.where(valid, order / ranks, 0.0).sum(1) / count
+    hits = np.stack([(valid & (ranks <= k)).sum(1) for k in ks], axis=1).astype(np.int64)
+    gain = np.where(valid, 1.0 / np.log2(ranks + 1.0), 0.0)
+    ndcg = np.stack([_ndcg(gain, ranks, count, k) for k in ks], axis=1)
+    return ranks[:, 0].copy(), ap, hits, ndcg
+
+
+def _per_query_from_chunks(
+    parts: list[tuple[np.ndarray, ...]], count: np.ndarray, ks: tuple[int, ...], n_gallery: int
+) -> PerQueryRetrieval:
+    first, ap, hits, ndcg = (np.concatenate(col) for col in zip(*parts, strict=True))
+    return PerQueryRetrieval(ks, first, ap, hits, ndcg, count.astype(np.int64), n_gallery)
+
+
+def _ndcg(gain: np.ndarray, ranks: np.ndarray, count: np.ndarray, k: int) -> np.ndarray:
+    dcg = np.where(ranks <= k, gain, 0.0).sum(1)
+    ideal_terms = 1.0 / np.log2(np.arange(1, k + 1) + 1.0)  # (k,)
+    ideal = np.cumsum(ideal_terms)[np.minimum(count, k) - 1]
+    return dcg / ideal
+
+
+@torch.no_grad()
+def top_k(
+    queries: np.ndarray | Tensor,
+    gallery: np.ndarray | Tensor,
+    k: int,
+    chunk_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best gallery items per query, streamed: scores and indices, each (Q, k).
+
+    Used for example retrievals (report, demo). Ties are broken as ``torch.topk`` breaks them.
+
+    Example:
+        >>> g = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]], dtype=np.float32)
+        >>> top_k(g[:1], g, 2)[1].tolist()
+        [[0, 2]]
+    """
+    q, g = _as_tensor(queries, "queries"), _as_tensor(gallery, "gallery")
+    k = min(k, g.shape[0])
+    chunk = chunk_size or max(1, min(4096, (1 << 25) // max(1, g.shape[0])))
+    vals, idxs = [], []
+    for i in range(0, q.shape[0], chunk):
+        v, ix = torch.topk(q[i : i + chunk] @ g.T, k, dim=1)  # (c, k)
+        vals.append(v.numpy())
+        idxs.append(ix.numpy())
+    return np.concatenate(vals), np.concatenate(idxs)
+
+
+def unique_present_rows(emb: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Indices of present (non-NaN) rows, keeping one row of each exact duplicate within a group.
+
+    When several captions share one image, a table with one row per caption repeats the image's
+    embedding. Those copies are one image: as a gallery they would fill the top-k with the same
+    item, and as queries they would count one image several times. CLIP_benchmark evaluates over
+    unique images; this is the same convention, found from the data. Identical rows in *different*
+    groups are kept (they are distinct items that happen to tie).
+
+    Args:
+        emb: (N, D) embeddings, NaN rows missing. groups: (N,) int group ids.
+
+    Returns:
+        int64 sorted indices of the rows to keep.
+
+    Example:
+        >>> e = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [np.nan, np.nan]], dtype=np.float32)
+        >>> unique_present_rows(e, np.array([0, 0, 1, 1])).tolist()
+        [0, 2]
+    """
+    present = np.flatnonzero(~np.isnan(emb).any(axis=1))
+    if len(present) == 0:
+        return present.astype(np.int64)
+    rows = np.ascontiguousarray(emb[present]).view(np.uint8).reshape(len(present), -1)
+    keys = np.concatenate([groups[present].astype(np.int64)[:, None].view(np.uint8), rows], axis=1)
+    keys = np.ascontiguousarray(keys).view(np.dtype((np.void, keys.shape[1]))).ravel()
+    _, first = np.unique(keys, return_index=True)
+    return present[np.sort(first)].astype(np.int64)
+
+
+def evaluate_retrieval_per_query(
+    emb: EmbeddingSet, ks: Sequence[int] = (1, 5, 10), chunk_size: int | None = None
+) -> dict[str, tuple[np.ndarray, PerQueryRetrieval]]:
+    """Per-query retrieval results for every ordered pair of modalities.
+
+    Queries are the unique present rows of the query modality whose group has at least one present
+    gallery row; the gallery is the unique present rows of the gallery modality (see
+    :func:`unique_present_rows`); any gallery item of the query's group is a hit.
+
+    Returns:
+        ``{"image_to_text": (query_rows, per_query), ...}`` where ``query_rows`` are the item
+        indices (rows of ``emb``) of the queries, in the order of ``per_query``. Pairs with no
+        query or no gallery item are left out.
+
+    Example:
+        >>> x = np.eye(2, dtype=np.float32)
+        >>> r = evaluate_retrieval_per_query(EmbeddingSet({"a": x, "b": x}, ids=["0", "1"]), ks=(1,))
+        >>> sorted(r), r["a_to_b"][0].tolist()
+        (['a_to_b', 'b_to_a'], [0, 1])
+    """
+    groups = emb.group_ids()
+    keep = {m: unique_present_rows(emb.embeddings[m], groups) for m in emb.modalities}
+    out: dict[str, tuple[np.ndarray, PerQueryRetrieval]] = {}
+    for qm in emb.modalities:
+        for gm in emb.modalities:
+            rows_g = keep[gm]
+            rows_q = keep[qm][np.isin(groups[keep[qm]], groups[rows_g])]
+            if qm == gm or len(rows_q) == 0:
+                continue
+            q, g = emb.embeddings[qm][rows_q], emb.embeddings[gm][rows_g]
+            pq = retrieval_per_query(q, g, groups[rows_q], groups[rows_g], ks, chunk_size)
+            out[f"{qm}_to_{gm}"] = (rows_q, pq)
+    return out
+
+
+def evaluate_retrieval(
+    emb: EmbeddingSet, split: str, ks: Sequence[int] = (1, 5, 10), chunk_size: int | None = None
+) -> dict[str, float]:
+    """Retrieval metrics for every ordered pair of modalities, as flat keys.
+
+    Args:
+        emb: the embeddings of one split. split: name used as the first key part.
+        ks: cut-offs. chunk_size: queries per chunk (see :func:`retrieval_metrics`).
+
+    Returns:
+        ``{"{split}/{query}_to_{gallery}/{metric}": value}``, with ``n_queries`` and ``n_gallery``
+        among the metrics.
+
+    Example:
+        >>> x = np.eye(3, dtype=np.float32)
+        >>> m = evaluate_retrieval(EmbeddingSet({"image": x, "text": x}, ids=list("abc")), "test")
+        >>> m["test/image_to_text/recall@1"], m["test/text_to_image/n_queries"]
+        (1.0, 3.0)
+    """
+    out: dict[str, float] = {}
+    for pair, (_, pq) in evaluate_retrieval_per_query(emb, ks, chunk_size).items():
+        metrics = {**summarize_retrieval(pq), "n_queries": len(pq), "n_gallery": pq.n_gallery}
+        out.update({f"{split}/{pair}/{k}": float(v) for k, v in metrics.items()})
+    return out
