@@ -1,0 +1,104 @@
+"""The Aligner: per-modality encoder and head into one normalised space, plus temperature/bias."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from modalign.config import Config
+from modalign.encoders import Encoder, build_encoder
+from modalign.heads import HEADS
+
+DEFAULT_TEMPERATURE = {"infonce": 0.07, "siglip": 0.1}
+DEFAULT_BIAS = {"siglip": -10.0}
+
+
+class Aligner(nn.Module):
+    """Maps each modality to L2-normalised embeddings in a shared space.
+
+    The similarity scale is ``exp(log_scale)`` (inverse temperature, learnable, initialised at
+    ``1 / init_temperature`` and clamped to ``max_scale`` after each optimiser step, as in CLIP).
+    ``bias`` is the SigLIP logit bias, or None.
+
+    Example:
+        >>> from modalign.encoders.features import PrecomputedEncoder
+        >>> from modalign.heads import LinearHead
+        >>> model = Aligner(
+        ...     {"a": PrecomputedEncoder("a", input_dim=6), "b": PrecomputedEncoder("b", input_dim=3)},
+        ...     {"a": LinearHead(6, 4), "b": LinearHead(3, 4)},
+        ... )
+        >>> out = model({"a": torch.randn(2, 6), "b": torch.randn(5, 3)})
+        >>> out["a"].shape, out["b"].shape, round(model.scale().item(), 2)
+        (torch.Size([2, 4]), torch.Size([5, 4]), 14.29)
+    """
+
+    def __init__(
+        self,
+        encoders: Mapping[str, Encoder],
+        heads: Mapping[str, nn.Module],
+        init_temperature: float = 0.07,
+        learn_temperature: bool = True,
+        max_scale: float = 100.0,
+        init_bias: float | None = None,
+    ) -> None:
+        super().__init__()
+        if set(encoders) != set(heads):
+            raise ValueError(f"encoders {sorted(encoders)} and heads {sorted(heads)} differ")
+        dims = {int(getattr(h, "output_dim", -1)) for h in heads.values()}
+        if len(dims) != 1 or -1 in dims:
+            raise ValueError(f"heads must share one output_dim attribute, got {sorted(dims)}")
+        self.embed_dim = dims.pop()
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.heads = nn.ModuleDict(dict(heads))
+        for enc in self.encoders.values():
+            if getattr(enc, "frozen", False):
+                enc.requires_grad_(False)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learn_temperature)
+        self.max_log_scale = math.log(max_scale)
+        self.bias = None if init_bias is None else nn.Parameter(torch.tensor(float(init_bias)))
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    def scale(self) -> Tensor:
+        """The inverse temperature, a 0-d tensor."""
+        return self.log_scale.exp()
+
+    @torch.no_grad()
+    def clamp_scale(self) -> None:
+        """Keep the scale at or below ``max_scale`` (call after each optimiser step)."""
+        self.log_scale.clamp_(max=self.max_log_scale)
+
+    def encode(self, modality: str, inputs: Any) -> Tensor:
+        """(B, D) unit-norm embeddings of one modality's batch."""
+        features = self.encoders[modality](inputs)  # (B, F)
+        return F.normalize(self.heads[modality](features), dim=-1)  # (B, D)
+
+    def forward(self, inputs: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Embed every modality present in ``inputs``."""
+        return {m: self.encode(m, x) for m, x in inputs.items()}
+
+
+def build_model(cfg: Config, input_dims: Mapping[str, int | None]) -> Aligner:
+    """Build the Aligner a config describes; ``input_dims`` gives each feature store's width."""
+    encoders: dict[str, Encoder] = {}
+    heads: dict[str, nn.Module] = {}
+    head_cls = HEADS.get(cfg.model.head.kind)
+    for modality, input_dim in input_dims.items():
+        enc_cfg = cfg.model.encoders.get(modality)
+        name, options = (enc_cfg.name, enc_cfg.options) if enc_cfg else ("precomputed", {})
+        encoder = build_encoder(name, modality, input_dim, dict(options))
+        encoders[modality] = encoder
+        heads[modality] = head_cls(
+            encoder.output_dim, cfg.model.embed_dim, hidden_dim=cfg.model.head.hidden_dim, dropout=cfg.model.head.dropout
+        )
+    loss = cfg.loss.name
+    temperature = cfg.loss.init_temperature or DEFAULT_TEMPERATURE.get(loss, 0.07)
+    bias = cfg.loss.init_bias if cfg.loss.init_bias is not None else DEFAULT_BIAS.get(loss)
+    return Aligner(encoders, heads, temperature, cfg.loss.learn_temperature, cfg.loss.max_scale, bias)

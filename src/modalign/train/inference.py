@@ -1,0 +1,81 @@
+"""Embedding splits with a trained model, and re-opening a finished run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modalign.config import Config, load_config
+from modalign.data.paired import PairedData, iterate_rows
+from modalign.embeddings import EmbeddingSet
+from modalign.errors import DataError
+from modalign.model import Aligner
+from modalign.train.checkpoint import load_checkpoint
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Move tensors (also inside dicts, lists and tuples) to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(v, device) for v in obj)
+    if hasattr(obj, "to"):  # e.g. a tokenizer's BatchEncoding
+        return obj.to(device)
+    return obj
+
+
+@torch.no_grad()
+def embed_rows(model: Aligner, data: PairedData, rows: np.ndarray, batch_size: int = 512) -> EmbeddingSet:
+    """Embed manifest ``rows`` in every modality; missing modalities become NaN rows."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = {m: np.full((len(rows), model.embed_dim), np.nan, dtype=np.float32) for m in model.modalities}
+    for start, batch in zip(range(0, len(rows), batch_size), iterate_rows(data, rows, batch_size), strict=True):
+        emb = model(to_device(batch.inputs, device))
+        for m, e in emb.items():
+            positions = start + np.flatnonzero(batch.present[m].numpy())
+            out[m][positions] = e.float().cpu().numpy()
+    manifest = data.manifest
+    groups = manifest.groups[rows] if manifest.groups is not None else None
+    return EmbeddingSet(out, ids=[manifest.ids[r] for r in rows], groups=groups)
+
+
+def embed_split(model: Aligner, data: PairedData, split: str, batch_size: int = 512) -> EmbeddingSet:
+    """Embed every row of ``split``; a ``DataError`` if the split is empty."""
+    rows = data.rows(split)
+    if len(rows) == 0:
+        raise DataError(f"{data.manifest.path}: the {split} split is empty")
+    return embed_rows(model, data, rows, batch_size)
+
+
+def load_run(run_dir: Path, which: str = "best") -> tuple[Config, Aligner, PairedData]:
+    """Rebuild a finished run's model (``best`` or ``last`` weights) and data from its folder."""
+    from modalign.train.setup import build_parts
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise DataError(f"{run_dir}: not a run folder (no config.yaml)")
+    cfg = load_config(config_path)
+    parts = build_parts(cfg)
+    ckpt_path = run_dir / f"{which}.pt"
+    if not ckpt_path.exists():
+        ckpt_path = run_dir / "last.pt"
+    state = load_checkpoint(ckpt_path)
+    try:
+        parts.model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise DataError(f"{ckpt_path}: weights do not fit the model its config builds (feature dimensions changed?): {err}") from None
+    return cfg, parts.model, parts.data
+
+
+def embed_run(run_dir: Path, splits: Sequence[str] | None = None) -> dict[str, EmbeddingSet]:
+    """Embed the given splits (default: the config's ``eval.splits``) of a finished run."""
+    cfg, model, data = load_run(run_dir)
+    return {split: embed_split(model, data, split, cfg.eval.chunk_size) for split in (splits or cfg.eval.splits)}

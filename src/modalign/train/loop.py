@@ -1,0 +1,240 @@
+"""The training loop: epochs of contrastive steps, validation, early stopping, checkpoints.
+
+A run folder holds ``config.yaml`` (fully resolved), ``metrics.jsonl`` (one record per logged
+step and per epoch), ``tensorboard/``, ``last.pt`` (everything needed to resume exactly),
+``best.pt`` (weights of the best validation epoch) and, at the end, ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from modalign.config import Config, save_config
+from modalign.data.paired import Batch, BatchDataset, EpochBatches
+from modalign.errors import ConfigError
+from modalign.io import write_json_atomic
+from modalign.losses import LOSSES, LossFn
+from modalign.model import Aligner
+from modalign.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from modalign.train.inference import embed_split, to_device
+from modalign.train.logging import MetricsLogger
+from modalign.train.setup import RunParts, build_parts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """What changes during training, beyond the weights and optimiser."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    best: float | None = None
+    bad_epochs: int = 0
+
+
+def pair_losses(
+    emb: dict[str, Tensor], batch: Batch, pairs: list[tuple[str, str]], loss_fn: LossFn, model: Aligner
+) -> dict[str, Tensor]:
+    """The loss of each modality pair, over the rows of the batch that have both modalities."""
+    scale, bias = model.scale(), model.bias
+    out = {}
+    for a, b in pairs:
+        both = batch.present[a] & batch.present[b]  # (B,)
+        if int(both.sum()) < 2:
+            continue  # one row has no negatives
+        # emb[m] holds only m's present rows: position of row r is (#present before r)
+        idx_a = (torch.cumsum(batch.present[a].long(), 0) - 1)[both]
+        idx_b = (torch.cumsum(batch.present[b].long(), 0) - 1)[both]
+        groups = None if batch.groups is None else batch.groups[both].to(emb[a].device)
+        out[f"{a}_{b}"] = loss_fn(emb[a][idx_a.to(emb[a].device)], emb[b][idx_b.to(emb[b].device)], scale, bias, groups, groups)
+    return out
+
+
+def make_optimizer(model: Aligner, cfg: Config) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, the temperature and the logit bias (ndim < 2)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
+    warmup, floor = cfg.train.warmup_steps, cfg.train.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def monitored_value(metrics: dict[str, float], name: str) -> float:
+    """A full metric key, or the mean of a bare metric name over every val direction."""
+    if "/" in name:
+        if name not in metrics:
+            raise ConfigError(f"train.early_stopping.metric {name!r} is not computed; available: {', '.join(sorted(metrics))}")
+        return metrics[name]
+    values = [v for k, v in metrics.items() if k.startswith("val/") and k.endswith(f"/{name}")]
+    if not values:
+        raise ConfigError(f"train.early_stopping.metric {name!r} is not computed on the val split")
+    return float(np.mean(values))
+
+
+class Trainer:
+    """Runs one training job into a run folder. ``Trainer(cfg, run_dir).fit()``."""
+
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        seed_everything(cfg.train.seed)
+        self.parts: RunParts = build_parts(cfg)
+        self.device = pick_device(cfg.train.device)
+        self.model = self.parts.model.to(self.device)
+        self.loss_fn = LOSSES.get(cfg.loss.name)
+        train_rows = self.parts.data.rows("train")
+        self.sampler = EpochBatches(train_rows, cfg.train.batch_size, cfg.train.seed)
+        self.loader = torch.utils.data.DataLoader(
+            BatchDataset(self.parts.data), sampler=self.sampler, batch_size=None,
+            num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0,
+        )
+        steps_per_epoch = max(1, len(self.sampler) // cfg.train.accumulate)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.schedule = make_schedule(self.optimizer, cfg, steps_per_epoch * cfg.train.epochs)
+        self.state = TrainState()
+        self._prepare_folder(resume)
+        self.logger = MetricsLogger(self.run_dir, cfg.train.tensorboard)
+        if resume:
+            self.logger.truncate_after(self.state.step)
+
+    def _prepare_folder(self, resume: bool) -> None:
+        last = self.run_dir / "last.pt"
+        if resume:
+            if not last.exists():
+                raise ConfigError(f"{self.run_dir}: nothing to resume (no last.pt)")
+            self._restore(load_checkpoint(last))
+        elif last.exists():
+            raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        if self.parts.data.skipped.reasons:
+            write_json_atomic(self.run_dir / "skipped_rows.json", self.parts.data.skipped.reasons)
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.state = TrainState(**ckpt["state"])
+        set_rng_state(ckpt["rng"])
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "state": vars(self.state).copy(),
+            "rng": rng_state(),
+        }
+
+    def fit(self) -> dict[str, float]:
+        """Train to the end (or early stop), then evaluate ``eval.splits``; returns metrics.json."""
+        cfg = self.cfg
+        while self.state.epoch < cfg.train.epochs and self.state.bad_epochs < cfg.train.early_stopping.patience:
+            self._train_epoch()
+            self._end_epoch()
+        self.logger.close()
+        return self.evaluate()
+
+    def _train_epoch(self) -> None:
+        cfg, model = self.cfg, self.model
+        model.train()
+        self.sampler.set_epoch(self.state.epoch)
+        bar = tqdm(self.loader, desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
+        for i, batch in enumerate(bar):
+            losses = pair_losses(model(to_device(batch.inputs, self.device)), batch, self.parts.pairs, self.loss_fn, model)
+            if not losses:
+                continue
+            loss = torch.stack(list(losses.values())).mean()
+            (loss / cfg.train.accumulate).backward()
+            if (i + 1) % cfg.train.accumulate:
+                continue
+            grad_norm = self._optimizer_step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if self.state.step % cfg.train.log_every == 0:
+                record = {"epoch": self.state.epoch, "train/loss": loss.item(), "train/grad_norm": grad_norm,
+                          "train/temperature": 1.0 / model.scale().item(), "lr": self.schedule.get_last_lr()[0]}
+                record.update({f"train/loss_{k}": v.item() for k, v in losses.items()})
+                if model.bias is not None:
+                    record["train/bias"] = model.bias.item()
+                self.logger.log(self.state.step, record)
+
+    def _optimizer_step(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.cfg.train.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        self.model.clamp_scale()
+        self.state.step += 1
+        return float(norm)
+
+    def _end_epoch(self) -> None:
+        cfg, state = self.cfg, self.state
+        state.epoch += 1
+        record: dict[str, float] = {"epoch": state.epoch}
+        if len(self.parts.data.rows("val")):
+            from modalign.eval.retrieval import evaluate_retrieval
+
+            val = evaluate_retrieval(embed_split(self.model, self.parts.data, "val", cfg.eval.chunk_size), "val", cfg.eval.ks, cfg.eval.chunk_size)
+            record.update(val)
+            value = monitored_value(val, cfg.train.early_stopping.metric)
+            better = state.best is None or (value > state.best if cfg.train.early_stopping.mode == "max" else value < state.best)
+            state.best, state.bad_epochs = (value, 0) if better else (state.best, state.bad_epochs + 1)
+            log.info("epoch %d: val %s = %.4f%s", state.epoch, cfg.train.early_stopping.metric, value, " (best)" if better else "")
+        else:
+            better = True  # no validation split: the latest weights are the best we know
+        if better:
+            save_checkpoint(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": state.epoch})
+        self.logger.log(state.step, record)
+        save_checkpoint(self.run_dir / "last.pt", self._checkpoint())
+
+    def evaluate(self) -> dict[str, float]:
+        """Score the best weights on ``eval.splits``; writes and returns ``metrics.json``."""
+        from modalign.eval.retrieval import evaluate_retrieval
+
+        best = load_checkpoint(self.run_dir / "best.pt")
+        self.model.load_state_dict(best["model"])
+        metrics: dict[str, float] = {}
+        for split in self.cfg.eval.splits:
+            if len(self.parts.data.rows(split)):
+                emb = embed_split(self.model, self.parts.data, split, self.cfg.eval.chunk_size)
+                metrics.update(evaluate_retrieval(emb, split, self.cfg.eval.ks, self.cfg.eval.chunk_size))
+            else:
+                log.warning("split %r is empty: not evaluated", split)
+        write_json_atomic(self.run_dir / "metrics.json", metrics)
+        return metrics
+
+
+def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, float]:
+    """Train a run described by ``cfg`` into ``run_dir``; returns the final metrics."""
+    return Trainer(cfg, run_dir, resume).fit()
