@@ -172,11 +172,7 @@ def retrieval_per_query(
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"queries have dimension {q.shape[1]} but the gallery has {g.shape[1]}")
     qg, gg = _groups(q.shape[0], g.shape[0], query_groups, gallery_groups)
-    order = np.argsort(gg, kind="stable")
-    g_sorted, gg_sorted = (
-        g[torch.from_numpy(order)],
-        gg[order],
-    )  # positives of a group are contiguous
+    g_sorted, gg_sorted = _sort_by_group(g, gg)  # positives of a group are now contiguous
     start = np.searchsorted(gg_sorted, qg, side="left")
     count = np.searchsorted(gg_sorted, qg, side="right") - start
     if (count == 0).any():
@@ -204,6 +200,13 @@ def _as_tensor(x: np.ndarray | Tensor, name: str) -> Tensor:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contain NaN or inf; select present rows first")
     return t
+
+
+def _sort_by_group(g: Tensor, gg: np.ndarray) -> tuple[Tensor, np.ndarray]:
+    if len(gg) < 2 or bool((np.diff(gg) >= 0).all()):
+        return g, gg  # already sorted: no copy of the gallery
+    order = np.argsort(gg, kind="stable")
+    return g[torch.from_numpy(order)], gg[order]
 
 
 def _groups(
