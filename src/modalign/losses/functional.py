@@ -49,7 +49,8 @@ def info_nce_loss(
 
     Each row of ``x`` is a softmax classification over the columns of ``y`` and vice versa. With
     several positives a row's target is uniform over its positives (soft-target cross-entropy, as
-    in UniCL), which is the mean of ``-log softmax`` over the positives. ``bias`` is accepted for a
+    in UniCL), which is the mean of ``-log softmax`` over the positives. A row (column) without any
+    positive has no target and is left out of its direction's mean. ``bias`` is accepted for a
     uniform signature and ignored: a constant shift cancels in the softmax.
 
     Args:
@@ -72,9 +73,19 @@ def info_nce_loss(
     del bias
     logits = scale * (x @ y.T)  # (B, B')
     pos = positive_mask(x.shape[0], y.shape[0], groups_x, groups_y, x.device).to(logits.dtype)
-    row = -(pos * F.log_softmax(logits, dim=1)).sum(1) / pos.sum(1)  # x -> y, (B,)
-    col = -(pos * F.log_softmax(logits, dim=0)).sum(0) / pos.sum(0)  # y -> x, (B',)
-    return (row.mean() + col.mean()) / 2
+    row = _soft_target_ce(F.log_softmax(logits, dim=1), pos, dim=1)  # x -> y
+    col = _soft_target_ce(F.log_softmax(logits, dim=0), pos, dim=0)  # y -> x
+    return (row + col) / 2
+
+
+def _soft_target_ce(log_p: Tensor, pos: Tensor, dim: int) -> Tensor:
+    """Mean over rows (``dim=1``) or columns (``dim=0``) that have a positive of
+    ``-mean(log_p over the positives)``; a row without any positive has no target and is left out
+    (dividing by its zero count would make the whole loss NaN)."""
+    n_pos = pos.sum(dim)  # (B,) or (B',)
+    has = n_pos > 0
+    per_row = -(pos * log_p).sum(dim)[has] / n_pos[has]
+    return per_row.sum() / has.sum().clamp(min=1)
 
 
 def siglip_loss(
