@@ -1,0 +1,263 @@
+"""Audio: decoding (soundfile), resampling, a log-mel front end in torch, and two encoders.
+
+* ``audio_conv``: a small trainable convolutional network over log-mel spectrograms; clips of
+  different lengths are padded in a batch and pooled over their valid frames only.
+* ``audio_logmel_stats``: frozen features, the mean and standard deviation over time of each
+  log-mel band (2 * n_mels values); cheap, cacheable, and a fair "no learning" audio baseline.
+
+The mel filterbank follows librosa's defaults (Slaney mel scale, Slaney area normalisation), so a
+spectrogram here matches ``librosa.feature.melspectrogram(..., center=True, pad_mode="constant")``.
+
+Example:
+    >>> front = LogMelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mels=40)
+    >>> front(torch.zeros(2, 16000)).shape
+    torch.Size([2, 40, 101])
+
+References:
+    Slaney, 1998, "Auditory Toolbox" (mel scale); McFee et al., 2015, "librosa".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from modalign.encoders.base import ENCODERS, Encoder
+from modalign.encoders.common import require
+from modalign.errors import DataError
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    mel = hz / f_sp
+    log_part = min_log_hz / f_sp + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep
+    return np.where(hz >= min_log_hz, log_part, mel)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
+    """Triangular mel filters, Slaney-normalised (each has unit area in Hz): (n_fft // 2 + 1, n_mels).
+
+    Example:
+        >>> mel_filterbank(400, 40, 16000).shape
+        torch.Size([201, 40])
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    fft_hz = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)  # (F,)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))  # (M + 2,)
+    widths = np.diff(edges)  # (M + 1,)
+    ramps = edges[:, None] - fft_hz[None, :]  # (M + 2, F): distance from each edge to each bin
+    rising = -ramps[:-2] / widths[:-1, None]  # (M, F)
+    falling = ramps[2:] / widths[1:, None]  # (M, F)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # Slaney: equal area per filter
+    return torch.from_numpy(weights.T.astype(np.float32))
+
+
+class LogMelSpectrogram(nn.Module):
+    """Waveforms (B, T) -> natural-log mel power spectrogram (B, n_mels, 1 + T // hop_length).
+
+    Frames are centred (the signal is zero-padded by n_fft // 2 on each side), with a periodic
+    Hann window; ``log(mel + eps)`` keeps silence finite.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.n_fft, self.hop_length, self.eps = n_fft, hop_length, eps
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        self.register_buffer("filters", mel_filterbank(n_fft, n_mels, sample_rate, f_min, f_max), persistent=False)
+
+    def power(self, wave: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, F, frames)
+        spec = torch.stft(
+            wave.float(), self.n_fft, self.hop_length, window=self.window, center=True, pad_mode="constant", return_complex=True
+        )
+        return spec.real.square() + spec.imag.square()
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, M, frames)
+        mel = torch.einsum("bft,fm->bmt", self.power(wave), self.filters)
+        return torch.log(mel + self.eps)
+
+    def frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Number of frames that overlap real samples, per clip of ``lengths`` samples."""
+        return 1 + lengths // self.hop_length
+
+
+def resample(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+    """Resample a mono float32 signal (soxr if installed, else scipy's polyphase filter)."""
+    if orig_rate == target_rate:
+        return wave
+    if importlib.util.find_spec("soxr") is not None:
+        import soxr
+
+        return np.asarray(soxr.resample(wave, orig_rate, target_rate, quality="HQ"), dtype=np.float32)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(orig_rate, target_rate)
+    return resample_poly(wave, target_rate // g, orig_rate // g).astype(np.float32)
+
+
+def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Decode WAV/OGG/FLAC with soundfile, mix to mono, resample; crop to ``max_seconds``: (T,)."""
+    sf = require("soundfile")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (T, channels)
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise DataError(f"{path}: cannot decode audio ({err})") from None
+    if max_seconds is not None:  # crop before resampling: long files cost nothing extra
+        data = data[: int(math.ceil(max_seconds * rate))]
+    wave = resample(np.ascontiguousarray(data.mean(axis=1)), int(rate), sample_rate)
+    if max_seconds is not None:
+        wave = wave[: int(max_seconds * sample_rate)]
+    if wave.size == 0:
+        raise DataError(f"{path}: audio file has no samples")
+    return wave
+
+
+class AudioFileEncoder(Encoder):
+    """Base of audio encoders: ``load`` decodes a clip, ``collate`` zero-pads a batch.
+
+    A batch is ``{"wave": (B, T_max) float, "lengths": (B,) int64}``.
+    """
+
+    input_kind = "raw"
+    reads_files = True
+
+    def __init__(self, modality: str, output_dim: int, frozen: bool, sample_rate: int, max_seconds: float, n_mels: int) -> None:
+        super().__init__(modality, output_dim, frozen=frozen)
+        self.sample_rate, self.max_seconds, self.n_mels = int(sample_rate), float(max_seconds), int(n_mels)
+        self.front = LogMelSpectrogram(sample_rate=self.sample_rate, n_mels=self.n_mels)
+
+    def load(self, cell: str) -> torch.Tensor:
+        return torch.from_numpy(load_audio(cell, self.sample_rate, self.max_seconds))
+
+    def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        lengths = torch.tensor([len(x) for x in items], dtype=torch.int64)
+        wave = torch.zeros(len(items), int(lengths.max()))
+        for i, x in enumerate(items):
+            wave[i, : len(x)] = x
+        return {"wave": wave, "lengths": lengths}
+
+    def logmel_and_mask(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mels (B, M, frames) and a float mask (B, 1, frames) of frames inside each clip."""
+        device = self.front.filters.device
+        logmel = self.front(batch["wave"].to(device))
+        valid = self.front.frames(batch["lengths"].to(device))  # (B,)
+        mask = torch.arange(logmel.shape[-1], device=device)[None, :] < valid[:, None]  # (B, frames)
+        return logmel, mask[:, None, :].float()
+
+    def _prep_key(self) -> str:
+        return f"sr={self.sample_rate}:max={self.max_seconds}:mels={self.n_mels}"
+
+
+def masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std over the last axis of ``x`` (B, C, T), counting only frames where mask (B, 1, T) is 1."""
+    count = mask.sum(-1).clamp_min(1.0)  # (B, 1)
+    mean = (x * mask).sum(-1) / count  # (B, C)
+    var = (((x - mean[..., None]) ** 2) * mask).sum(-1) / count
+    return mean, var.clamp_min(0.0).sqrt()
+
+
+@ENCODERS.register("audio_logmel_stats")
+class LogMelStatsEncoder(AudioFileEncoder):
+    """Frozen features: per-band mean and std of the log-mel spectrogram over time (2 * n_mels).
+
+    Example:
+        >>> enc = LogMelStatsEncoder("sound", n_mels=8)
+        >>> batch = enc.collate([torch.randn(1600), torch.randn(800)])
+        >>> enc(batch).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(
+        self, modality: str, input_dim: int | None = None, sample_rate: int = 16000, n_mels: int = 64, max_seconds: float = 10.0
+    ) -> None:
+        super().__init__(modality, 2 * n_mels, True, sample_rate, max_seconds, n_mels)
+
+    def cache_key(self) -> str:
+        return f"audio_logmel_stats:{self._prep_key()}"
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # -> (B, 2 * n_mels)
+        logmel, mask = self.logmel_and_mask(batch)
+        mean, std = masked_mean_std(logmel, mask)
+        return torch.cat([mean, std], dim=-1)
+
+
+@ENCODERS.register("audio_conv")
+class ConvAudioEncoder(AudioFileEncoder):
+    """A trainable 1-D conv net over log-mels: (conv-BN-GELU-maxpool) blocks, then masked mean+max pooling.
+
+    Log-mel bands are the input channels; each block halves the time axis. The log-mels are
+    standardised per band over each clip (instance normalisation), so loudness does not dominate.
+
+    Example:
+        >>> enc = ConvAudioEncoder("sound", n_mels=16, channels=(8, 8), output_dim=12)
+        >>> enc(enc.collate([torch.randn(4000), torch.randn(1000)])).shape
+        torch.Size([2, 12])
+    """
+
+    def __init__(
+        self,
+        modality: str,
+        input_dim: int | None = None,
+        sample_rate: int = 16000,
+        n_mels: int = 64,
+        max_seconds: float = 5.0,
+        channels: Sequence[int] = (64, 128, 128, 256),
+        output_dim: int = 256,
+        dropout: float = 0.1,
+        frozen: bool = False,
+    ) -> None:
+        super().__init__(modality, output_dim, frozen, sample_rate, max_seconds, n_mels)
+        blocks: list[nn.Module] = []
+        width = n_mels
+        for out in channels:
+            blocks.append(nn.Sequential(nn.Conv1d(width, out, 3, padding=1), nn.BatchNorm1d(out), nn.GELU()))
+            width = out
+        self.blocks = nn.ModuleList(blocks)
+        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * width, output_dim))
+        if frozen:
+            self.requires_grad_(False)
+
+    def cache_key(self) -> str:
+        return f"audio_conv:{self._prep_key()}:untrained-random-weights"
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # -> (B, output_dim)
+        logmel, mask = self.logmel_and_mask(batch)  # (B, M, T), (B, 1, T)
+        mean, std = masked_mean_std(logmel, mask)
+        x = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask  # (B, M, T); padding is 0
+        for block in self.blocks:
+            # re-zero the padding after every block, so a clip's output does not depend on how
+            # much padding its batch needed; a pooled frame is valid if any of its inputs was
+            x = block(x).masked_fill(mask == 0, float("-inf"))  # padding never wins the max
+            x = F.max_pool1d(x, 2, ceil_mode=True)  # (B, C, ceil(T / 2))
+            mask = F.max_pool1d(mask, 2, ceil_mode=True)  # (B, 1, ceil(T / 2))
+            x = x.masked_fill(mask == 0, 0.0)
+        avg = (x * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)  # (B, C)
+        top = x.masked_fill(mask == 0, float("-inf")).amax(-1)  # (B, C)
+        return self.out(torch.cat([avg, top], dim=-1))
