@@ -18,7 +18,6 @@ from modalign.errors import ModalignError
 
 COMMAND_MODULES = [
     "modalign.commands.train",
-    "modalign.commands.eval",
 ]
 
 

@@ -34,11 +34,12 @@ def make_views(n: int, dims: dict[str, int], latent_dim: int = 16, noise: float 
 
 
 def write_synthetic_dataset(
-    folder: Path, n: int = 2000, dims: dict[str, int] | None = None, missing: float = 0.0, groups: int = 0, seed: int = 0
+    folder: Path, n: int = 2000, dims: dict[str, int] | None = None, missing: float = 0.0, groups: int = 0, noise: float = 0.1, seed: int = 0
 ) -> Path:
     """Write ``pairs.csv`` and one ``<modality>.npy`` feature file per modality into ``folder``.
 
     Args:
+        noise: std of the per-view noise (the clean views have a std of about 0.5).
         missing: share of cells of every modality but the first left empty.
         groups: if > 0, rows are views of ``groups`` latents shared by several rows (multi-positive).
 
@@ -50,7 +51,7 @@ def write_synthetic_dataset(
     rng = np.random.default_rng(seed + 1)
     latent_of_row = rng.integers(0, groups, n) if groups else np.arange(n)
     n_latent = groups or n
-    views = make_views(n_latent, dims, seed=seed)
+    views = make_views(n_latent, dims, noise=noise, seed=seed)
     frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)]})
     for j, (m, arr) in enumerate(views.items()):
         noisy = arr[latent_of_row] + 0.05 * rng.standard_normal((n, arr.shape[1])).astype(np.float32)

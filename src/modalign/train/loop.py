@@ -222,8 +222,9 @@ class Trainer:
         """Score the best weights on ``eval.splits``; writes and returns ``metrics.json``."""
         from modalign.eval.retrieval import evaluate_retrieval
 
-        best = load_checkpoint(self.run_dir / "best.pt")
-        self.model.load_state_dict(best["model"])
+        best = self.run_dir / "best.pt"
+        if best.exists():  # with train.epochs=0 the untrained weights are scored
+            self.model.load_state_dict(load_checkpoint(best)["model"])
         metrics: dict[str, float] = {}
         for split in self.cfg.eval.splits:
             if len(self.parts.data.rows(split)):

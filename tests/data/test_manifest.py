@@ -1,0 +1,86 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modalign.data.manifest import assign_splits, read_manifest
+from modalign.errors import DataError
+
+ROWS = [
+    {"id": "a", "image": "a.png", "text": "a cat", "group": "g1", "split": "train"},
+    {"id": "b", "image": "", "text": "a dog", "group": "g1", "split": "val"},
+    {"id": "c", "image": "c.png", "text": "", "group": "g2", "split": "test"},
+]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_formats_read_the_same(tmp_path: Path, suffix: str) -> None:
+    frame = pd.DataFrame(ROWS)
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    else:
+        frame.to_parquet(path)
+    m = read_manifest(path)
+    assert m.modalities == ["image", "text"]
+    assert m.ids == ["a", "b", "c"]
+    assert m.cells == {"image": ["a.png", None, "c.png"], "text": ["a cat", "a dog", None]}
+    assert m.groups is not None and m.groups.tolist() == [0, 0, 1]
+    assert m.splits == ["train", "val", "test"]
+    assert m.resolve("a.png") == tmp_path.resolve() / "a.png"
+
+
+def test_without_id_rows_are_numbered(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("image,text\nx,y\nz,w\n")
+    m = read_manifest(path)
+    assert m.ids == ["0", "1"] and m.groups is None and m.splits is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("id,image,text\na,x,y\na,z,w\n", r"m\.csv, row 2: duplicate id 'a' \(first at row 1\)"),
+        ("id,image,text,split\na,x,y,train\nb,z,w,dev\n", r"row 2 \(id 'b'\): field 'split' is 'dev', expected one of train, val, test"),
+        ("id,image,text\n", r"manifest has no rows"),
+        ("id,group\na,1\n", r"no modality columns"),
+        ("id,image,text\n,x,y\n", r"row 1: field 'id' is empty"),
+    ],
+)
+def test_bad_manifests_name_file_row_field(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_manifest(path)
+
+
+def test_unknown_modality_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("image,text\nx,y\n")
+    with pytest.raises(DataError, match="no column 'audio'"):
+        read_manifest(path, ["audio"])
+    with pytest.raises(DataError, match="manifest not found"):
+        read_manifest(tmp_path / "nope.csv")
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(DataError, match="unknown manifest type"):
+        read_manifest(tmp_path / "m.txt")
+
+
+def test_seeded_split_keeps_groups_together_and_is_stable(tmp_path: Path) -> None:
+    n = 3000
+    groups = np.arange(n) // 5
+    path = tmp_path / "m.csv"
+    pd.DataFrame({"a": ["x"] * n, "b": ["y"] * n, "group": groups}).to_csv(path, index=False)
+    m = read_manifest(path)
+    fractions = {"train": 0.7, "val": 0.1, "test": 0.2}
+    splits = np.array(assign_splits(m, fractions, seed=3))
+    for g in range(0, n // 5, 37):
+        assert len(set(splits[groups == g])) == 1
+    share = {s: float(np.mean(splits == s)) for s in fractions}
+    assert abs(share["train"] - 0.7) < 0.06 and abs(share["test"] - 0.2) < 0.05
+    assert (splits == np.array(assign_splits(m, fractions, seed=3))).all()
+    assert (splits != np.array(assign_splits(m, fractions, seed=4))).any()
