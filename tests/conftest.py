@@ -10,13 +10,25 @@ from modalign.config import Config, load_config
 from modalign.data.synthetic import write_synthetic_dataset
 
 
-def synthetic_config(folder: Path, overrides: list[str] | None = None, **data_kwargs: object) -> Config:
+def synthetic_config(
+    folder: Path, overrides: list[str] | None = None, **data_kwargs: object
+) -> Config:
     """Write a synthetic dataset into ``folder`` and a config that trains on it quickly."""
     manifest = write_synthetic_dataset(folder, **data_kwargs)  # type: ignore[arg-type]
     dims = data_kwargs.get("dims") or {"image": 48, "text": 32}
-    base = [f"data.manifest={manifest}"] + [f"data.features.{m}={folder / (m + '.npy')}" for m in dims]  # type: ignore[union-attr]
-    base += ["model.embed_dim=32", "model.head.hidden_dim=64", "train.epochs=3", "train.batch_size=128",
-             "train.warmup_steps=5", "train.lr=0.003", "train.tensorboard=false", "eval.chunk_size=97"]
+    base = [f"data.manifest={manifest}"] + [
+        f"data.features.{m}={folder / (m + '.npy')}" for m in dims
+    ]  # type: ignore[union-attr]
+    base += [
+        "model.embed_dim=32",
+        "model.head.hidden_dim=64",
+        "train.epochs=3",
+        "train.batch_size=128",
+        "train.warmup_steps=5",
+        "train.lr=0.003",
+        "train.tensorboard=false",
+        "eval.chunk_size=97",
+    ]
     return load_config(None, base + (overrides or []))
 
 

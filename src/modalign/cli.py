@@ -18,6 +18,7 @@ from modalign.errors import ModalignError
 
 COMMAND_MODULES = [
     "modalign.commands.train",
+    "modalign.commands.embed",
 ]
 
 
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, measure and serve one embedding space shared by several modalities.",
     )
     parser.add_argument("--version", action="version", version=f"modalign {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages and show tracebacks")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages and show tracebacks"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)
@@ -40,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
     )
     if args.command is None:
         parser.print_help()

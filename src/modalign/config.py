@@ -56,7 +56,9 @@ class DataConfig:
     manifest: str = ""
     features: dict[str, str] = field(default_factory=dict)
     modalities: tuple[str, ...] = ()
-    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    split_fractions: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1}
+    )
     split_seed: int = 0
     skip_bad_rows: bool = False
     min_rows: int = 8
@@ -172,7 +174,11 @@ def from_dict(raw: dict[str, Any], origin: str = "config") -> Config:
     """Build a ``Config`` from a plain mapping, with type checks."""
     _check_keys(raw, Config, "")
     try:
-        return dacite.from_dict(Config, raw, config=dacite.Config(strict=True, cast=[tuple], type_hooks={float: _to_float}))
+        return dacite.from_dict(
+            Config,
+            raw,
+            config=dacite.Config(strict=True, cast=[tuple], type_hooks={float: _to_float}),
+        )
     except dacite.DaciteError as err:
         raise ConfigError(f"{origin}: {err}") from None
 
@@ -215,7 +221,9 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
         return p if not p or Path(p).is_absolute() else str((base / p).resolve())
 
     data = dataclasses.replace(
-        cfg.data, manifest=anchor(cfg.data.manifest), features={k: anchor(v) for k, v in cfg.data.features.items()}
+        cfg.data,
+        manifest=anchor(cfg.data.manifest),
+        features={k: anchor(v) for k, v in cfg.data.features.items()},
     )
     return dataclasses.replace(cfg, data=data)
 
@@ -235,7 +243,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         else:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {key!r}: {'.'.join(parts[: depth + 1])} is not a section")
+                raise ConfigError(
+                    f"override {key!r}: {'.'.join(parts[: depth + 1])} is not a section"
+                )
             node = child
 
 
@@ -245,7 +255,9 @@ def _child_type(tp: Any, part: str, where: str, key: str) -> Any:
         hints = typing.get_type_hints(tp)
         if part not in hints:
             valid = ", ".join(sorted(hints))
-            raise ConfigError(f"unknown key {key!r}; valid keys in {where or 'the config'!r}: {valid}")
+            raise ConfigError(
+                f"unknown key {key!r}; valid keys in {where or 'the config'!r}: {valid}"
+            )
         return hints[part]
     if typing.get_origin(tp) is dict:
         return typing.get_args(tp)[1]
@@ -300,7 +312,9 @@ def _check_keys(raw: Any, tp: Any, where: str) -> None:
             if key not in hints:
                 full = f"{where}.{key}" if where else str(key)
                 valid = ", ".join(sorted(hints))
-                raise ConfigError(f"unknown key {full!r}; valid keys in {where or 'the config'!r}: {valid}")
+                raise ConfigError(
+                    f"unknown key {full!r}; valid keys in {where or 'the config'!r}: {valid}"
+                )
             _check_keys(value, hints[key], f"{where}.{key}" if where else key)
     elif typing.get_origin(tp) is dict:
         for key, value in raw.items():

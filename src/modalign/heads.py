@@ -19,7 +19,9 @@ class LinearHead(nn.Module):
         torch.Size([2, 4])
     """
 
-    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int = 0, dropout: float = 0.0) -> None:
+    def __init__(
+        self, input_dim: int, output_dim: int, hidden_dim: int = 0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         del hidden_dim, dropout
         self.output_dim = output_dim
@@ -43,7 +45,9 @@ class MLPHead(nn.Module):
         torch.Size([2, 4])
     """
 
-    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int = 1024, dropout: float = 0.1) -> None:
+    def __init__(
+        self, input_dim: int, output_dim: int, hidden_dim: int = 1024, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.output_dim = output_dim
         self.norm = nn.LayerNorm(input_dim)

@@ -48,7 +48,9 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_atomic(target: str | os.PathLike[str], write: Callable[[IO[Any]], None], mode: str = "w") -> None:
+def write_atomic(
+    target: str | os.PathLike[str], write: Callable[[IO[Any]], None], mode: str = "w"
+) -> None:
     """Open a temporary file in ``mode``, let ``write`` fill it, then rename it onto ``target``."""
     with atomic_path(target) as tmp, open(tmp, mode) as f:
         write(f)

@@ -58,7 +58,9 @@ class Aligner(nn.Module):
         for enc in self.encoders.values():
             if getattr(enc, "frozen", False):
                 enc.requires_grad_(False)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learn_temperature)
+        self.log_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learn_temperature
+        )
         self.max_log_scale = math.log(max_scale)
         self.bias = None if init_bias is None else nn.Parameter(torch.tensor(float(init_bias)))
 
@@ -96,9 +98,14 @@ def build_model(cfg: Config, input_dims: Mapping[str, int | None]) -> Aligner:
         encoder = build_encoder(name, modality, input_dim, dict(options))
         encoders[modality] = encoder
         heads[modality] = head_cls(
-            encoder.output_dim, cfg.model.embed_dim, hidden_dim=cfg.model.head.hidden_dim, dropout=cfg.model.head.dropout
+            encoder.output_dim,
+            cfg.model.embed_dim,
+            hidden_dim=cfg.model.head.hidden_dim,
+            dropout=cfg.model.head.dropout,
         )
     loss = cfg.loss.name
     temperature = cfg.loss.init_temperature or DEFAULT_TEMPERATURE.get(loss, 0.07)
     bias = cfg.loss.init_bias if cfg.loss.init_bias is not None else DEFAULT_BIAS.get(loss)
-    return Aligner(encoders, heads, temperature, cfg.loss.learn_temperature, cfg.loss.max_scale, bias)
+    return Aligner(
+        encoders, heads, temperature, cfg.loss.learn_temperature, cfg.loss.max_scale, bias
+    )

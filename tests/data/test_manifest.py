@@ -45,7 +45,10 @@ def test_without_id_rows_are_numbered(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("id,image,text\na,x,y\na,z,w\n", r"m\.csv, row 2: duplicate id 'a' \(first at row 1\)"),
-        ("id,image,text,split\na,x,y,train\nb,z,w,dev\n", r"row 2 \(id 'b'\): field 'split' is 'dev', expected one of train, val, test"),
+        (
+            "id,image,text,split\na,x,y,train\nb,z,w,dev\n",
+            r"row 2 \(id 'b'\): field 'split' is 'dev', expected one of train, val, test",
+        ),
         ("id,image,text\n", r"manifest has no rows"),
         ("id,group\na,1\n", r"no modality columns"),
         ("id,image,text\n,x,y\n", r"row 1: field 'id' is empty"),

@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import os
@@ -15,12 +16,12 @@ from modalign.config import load_config
 from modalign.data.paired import Batch
 from modalign.errors import ConfigError
 from modalign.losses import info_nce_loss
-from modalign.train.loop import Trainer, make_optimizer, make_schedule, pair_losses, train
 from modalign.train.logging import read_log
+from modalign.train.loop import Trainer, make_optimizer, make_schedule, pair_losses, train
 from modalign.train.setup import build_parts
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from conftest import synthetic_config  # noqa: E402
+from conftest import synthetic_config
 
 
 def test_trains_far_above_chance_and_writes_run_folder(tmp_path: Path) -> None:
@@ -29,7 +30,9 @@ def test_trains_far_above_chance_and_writes_run_folder(tmp_path: Path) -> None:
     n_test = metrics["test/image_to_text/n_gallery"]
     chance = 1 / n_test
     for direction in ("image_to_text", "text_to_image"):
-        assert metrics[f"test/{direction}/recall@1"] > 40 * chance  # measured about 0.45 at 196 items
+        assert (
+            metrics[f"test/{direction}/recall@1"] > 40 * chance
+        )  # measured about 0.45 at 196 items
         assert metrics[f"test/{direction}/recall@10"] > metrics[f"test/{direction}/recall@1"]
     run = tmp_path / "run"
     for name in ("config.yaml", "metrics.jsonl", "metrics.json", "last.pt", "best.pt"):
@@ -43,20 +46,30 @@ def test_trains_far_above_chance_and_writes_run_folder(tmp_path: Path) -> None:
     assert losses[-1] < 0.5 * losses[0]
     assert any("val/image_to_text/recall@1" in r for r in log)
     # an untrained model with the same architecture is near chance: training did the work
-    untrained = Trainer(load_config(None, [*_data_overrides(cfg), "train.epochs=0"]), tmp_path / "untrained").fit()
+    untrained = Trainer(
+        load_config(None, [*_data_overrides(cfg), "train.epochs=0"]), tmp_path / "untrained"
+    ).fit()
     assert untrained["test/image_to_text/recall@1"] < 0.3 * metrics["test/image_to_text/recall@1"]
 
 
 def _data_overrides(cfg) -> list[str]:  # type: ignore[no-untyped-def]
-    return [f"data.manifest={cfg.data.manifest}", "train.tensorboard=false", "model.embed_dim=32", "model.head.hidden_dim=64"] + [
-        f"data.features.{m}={p}" for m, p in cfg.data.features.items()
-    ]
+    return [
+        f"data.manifest={cfg.data.manifest}",
+        "train.tensorboard=false",
+        "model.embed_dim=32",
+        "model.head.hidden_dim=64",
+    ] + [f"data.features.{m}={p}" for m, p in cfg.data.features.items()]
 
 
 def test_three_modalities_missing_cells_groups_siglip(tmp_path: Path) -> None:
     cfg = synthetic_config(
-        tmp_path / "data", ["loss.name=siglip", "train.epochs=6", "train.tensorboard=true"],
-        n=1500, dims={"image": 24, "text": 16, "audio": 12}, missing=0.3, groups=500, noise=0.3,
+        tmp_path / "data",
+        ["loss.name=siglip", "train.epochs=6", "train.tensorboard=true"],
+        n=1500,
+        dims={"image": 24, "text": 16, "audio": 12},
+        missing=0.3,
+        groups=500,
+        noise=0.3,
     )
     metrics = train(cfg, tmp_path / "run")
     directions = {k.split("/")[1] for k in metrics}
@@ -69,8 +82,14 @@ def test_three_modalities_missing_cells_groups_siglip(tmp_path: Path) -> None:
 
 def test_pair_losses_use_only_rows_with_both_modalities() -> None:
     torch.manual_seed(0)
-    present = {"a": torch.tensor([True, True, False, True]), "b": torch.tensor([True, False, True, True])}
-    emb = {"a": torch.nn.functional.normalize(torch.randn(3, 5), dim=1), "b": torch.nn.functional.normalize(torch.randn(3, 5), dim=1)}
+    present = {
+        "a": torch.tensor([True, True, False, True]),
+        "b": torch.tensor([True, False, True, True]),
+    }
+    emb = {
+        "a": torch.nn.functional.normalize(torch.randn(3, 5), dim=1),
+        "b": torch.nn.functional.normalize(torch.randn(3, 5), dim=1),
+    }
     batch = Batch(torch.arange(4), present, {}, None)
 
     class Model:
@@ -89,7 +108,9 @@ def test_no_weight_decay_on_biases_norms_temperature(small_config) -> None:  # t
     model = build_parts(small_config).model
     opt = make_optimizer(model, small_config)
     decay, no_decay = opt.param_groups
-    assert decay["weight_decay"] == small_config.train.weight_decay and no_decay["weight_decay"] == 0.0
+    assert (
+        decay["weight_decay"] == small_config.train.weight_decay and no_decay["weight_decay"] == 0.0
+    )
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
     assert any(p is model.log_scale for p in no_decay["params"])
 
@@ -106,7 +127,7 @@ def test_schedule_warms_up_then_decays_to_floor(small_config) -> None:  # type: 
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
 
 
 def test_temperature_starts_at_007_and_is_clamped(small_config) -> None:  # type: ignore[no-untyped-def]
@@ -135,12 +156,33 @@ def test_resume_after_kill_reproduces_uninterrupted_loss_curve(tmp_path: Path) -
     config_path = tmp_path / "c.yaml"
     from modalign.config import save_config
 
-    save_config(load_config(None, [*_data_overrides(cfg), "train.epochs=5", "train.batch_size=64", "train.log_every=1",
-                                   "model.head.dropout=0.2", "train.early_stopping.patience=100"]), config_path)
+    save_config(
+        load_config(
+            None,
+            [
+                *_data_overrides(cfg),
+                "train.epochs=5",
+                "train.batch_size=64",
+                "train.log_every=1",
+                "model.head.dropout=0.2",
+                "train.early_stopping.patience=100",
+            ],
+        ),
+        config_path,
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_cli(["train", str(config_path), "--out", str(tmp_path / "full")]), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_cli(["train", str(config_path), "--out", str(tmp_path / "cut")]), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        _cli(["train", str(config_path), "--out", str(tmp_path / "full")]),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    proc = subprocess.Popen(
+        _cli(["train", str(config_path), "--out", str(tmp_path / "cut")]),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (tmp_path / "cut" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.01)
@@ -148,8 +190,15 @@ def test_resume_after_kill_reproduces_uninterrupted_loss_curve(tmp_path: Path) -
     proc.wait()
     done = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert not (tmp_path / "cut" / "metrics.json").exists()
-    subprocess.run(_cli(["train", str(config_path), "--out", str(tmp_path / "cut"), "--resume"]), check=True, env=env, capture_output=True)
+    subprocess.run(
+        _cli(["train", str(config_path), "--out", str(tmp_path / "cut"), "--resume"]),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     full, cut = read_log(tmp_path / "full"), read_log(tmp_path / "cut")
     assert [r["step"] for r in cut] == [r["step"] for r in full]
-    np.testing.assert_allclose([r.get("train/loss", 0.0) for r in cut], [r.get("train/loss", 0.0) for r in full], rtol=1e-6)
+    np.testing.assert_allclose(
+        [r.get("train/loss", 0.0) for r in cut], [r.get("train/loss", 0.0) for r in full], rtol=1e-6
+    )
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text()) == pytest.approx(done)

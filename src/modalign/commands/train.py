@@ -18,10 +18,18 @@ def add_parser(subparsers: Any) -> None:
         "paired manifest, then evaluate on the held-out splits. Writes a run folder.",
     )
     p.add_argument("config", type=Path, help="YAML config file (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set train.lr=3e-4 (repeatable; type-checked)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set train.lr=3e-4 (repeatable; type-checked)",
+    )
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     p.set_defaults(run=run)
 
 
@@ -31,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / cfg.name
     metrics = train(cfg, out, resume=args.resume)
-    headline = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/") and k.endswith("/recall@1")}
+    headline = {
+        k: round(v, 4)
+        for k, v in metrics.items()
+        if k.startswith("test/") and k.endswith("/recall@1")
+    }
     print(json.dumps({"run_dir": str(out), **headline}))
     return 0

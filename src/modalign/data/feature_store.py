@@ -49,7 +49,9 @@ class FeatureStore:
             dup = next(key for key in ids if key in seen or seen.add(key))  # type: ignore[func-returns-value]
             raise DataError(f"{path}: duplicate id {dup!r} in the feature ids")
         if array.ndim != 2 or array.shape[0] != len(ids):
-            raise DataError(f"{path}: features have shape {array.shape} but there are {len(ids)} ids")
+            raise DataError(
+                f"{path}: features have shape {array.shape} but there are {len(ids)} ids"
+            )
 
     @classmethod
     def open(cls, path: str | Path) -> FeatureStore:
@@ -80,7 +82,7 @@ class FeatureStore:
 
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-            if "features" not in f.keys():
+            if "features" not in f.keys():  # noqa: SIM118 (safe_open is no dict)
                 raise DataError(f"{path}: no tensor named 'features'")
             array = f.get_tensor("features")
         if "ids" not in meta:
@@ -134,8 +136,7 @@ def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray) -
         return
     if path.suffix != ".npy":
         raise DataError(f"{path}: unknown feature file type (expected .npy or .safetensors)")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, features)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, features)
     with atomic_path(ids_path(path)) as tmp:
         tmp.write_text(json.dumps(list(ids)), encoding="utf-8")

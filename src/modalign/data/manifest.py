@@ -72,13 +72,17 @@ def read_table(path: Path) -> dict[str, list[str | None]]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
+            frame = pd.read_csv(
+                path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ","
+            )
         elif suffix in (".jsonl", ".ndjson"):
             frame = pd.read_json(path, lines=True, dtype=False)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
-            raise DataError(f"{path}: unknown manifest type {suffix!r} (use .csv, .tsv, .jsonl or .parquet)")
+            raise DataError(
+                f"{path}: unknown manifest type {suffix!r} (use .csv, .tsv, .jsonl or .parquet)"
+            )
     except (ValueError, pd.errors.ParserError) as err:
         raise DataError(f"{path}: cannot parse manifest ({err})") from None
     return {str(name): [_as_text(v) for v in frame[name].tolist()] for name in frame.columns}
@@ -107,7 +111,11 @@ def read_manifest(path: str | Path, modalities: Sequence[str] | None = None) -> 
     frame = read_table(path)
     if not frame or not next(iter(frame.values())):
         raise DataError(f"{path}: manifest has no rows")
-    names = list(modalities) if modalities is not None else [c for c in list(frame) if c not in RESERVED_COLUMNS]
+    names = (
+        list(modalities)
+        if modalities is not None
+        else [c for c in list(frame) if c not in RESERVED_COLUMNS]
+    )
     for name in names:
         if name not in frame:
             raise DataError(f"{path}: no column {name!r} (columns: {', '.join(list(frame))})")
@@ -135,7 +143,9 @@ def _read_ids(frame: dict[str, list[str | None]], path: Path) -> list[str]:
         if key is None:
             raise DataError(f"{path}, row {i + 1}: field 'id' is empty")
         if key in seen:
-            raise DataError(f"{path}, row {i + 1}: duplicate id {key!r} (first at row {seen[key] + 1})")
+            raise DataError(
+                f"{path}, row {i + 1}: duplicate id {key!r} (first at row {seen[key] + 1})"
+            )
         seen[key] = i
     return [str(key) for key in ids]
 
@@ -151,13 +161,17 @@ def _read_groups(frame: dict[str, list[str | None]]) -> np.ndarray | None:
     return out
 
 
-def _read_splits(frame: dict[str, list[str | None]], path: Path, ids: list[str]) -> list[str] | None:
+def _read_splits(
+    frame: dict[str, list[str | None]], path: Path, ids: list[str]
+) -> list[str] | None:
     if "split" not in frame:
         return None
     splits = list(frame["split"])
     for i, value in enumerate(splits):
         if value not in SPLITS:
-            raise DataError(f"{path}, row {i + 1} (id {ids[i]!r}): field 'split' is {value!r}, expected one of {', '.join(SPLITS)}")
+            raise DataError(
+                f"{path}, row {i + 1} (id {ids[i]!r}): field 'split' is {value!r}, expected one of {', '.join(SPLITS)}"
+            )
     return [str(s) for s in splits]
 
 

@@ -54,14 +54,18 @@ class SkipReport:
         return f"skipped {len(self.reasons)} bad row(s): {ids}"
 
 
-def open_feature_stores(cfg: DataConfig, modalities: Sequence[str], feature_kinds: Mapping[str, bool]) -> dict[str, FeatureStore]:
+def open_feature_stores(
+    cfg: DataConfig, modalities: Sequence[str], feature_kinds: Mapping[str, bool]
+) -> dict[str, FeatureStore]:
     """Open the feature store of every modality whose encoder reads features."""
     stores = {}
     for m in modalities:
         if not feature_kinds[m]:
             continue
         if m not in cfg.features:
-            raise DataError(f"modality {m!r} reads precomputed features but data.features has no entry for it")
+            raise DataError(
+                f"modality {m!r} reads precomputed features but data.features has no entry for it"
+            )
         stores[m] = FeatureStore.open(cfg.features[m])
     return stores
 
@@ -75,18 +79,30 @@ class PairedData:
         cfg: the data config (splits, skip_bad_rows, min_rows).
     """
 
-    def __init__(self, manifest: Manifest, stores: Mapping[str, FeatureStore], encoders: Mapping[str, Encoder], cfg: DataConfig) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        stores: Mapping[str, FeatureStore],
+        encoders: Mapping[str, Encoder],
+        cfg: DataConfig,
+    ) -> None:
         self.manifest = manifest
         self.stores = dict(stores)
         self.encoders = dict(encoders)
         self.modalities = list(encoders)
         self.splits = np.asarray(assign_splits(manifest, cfg.split_fractions, cfg.split_seed))
-        self.present = {m: np.array([c is not None for c in manifest.cells[m]]) for m in self.modalities}
-        self.keys: dict[str, list[str]] = {m: [c or "" for c in manifest.cells[m]] for m in self.modalities}
+        self.present = {
+            m: np.array([c is not None for c in manifest.cells[m]]) for m in self.modalities
+        }
+        self.keys: dict[str, list[str]] = {
+            m: [c or "" for c in manifest.cells[m]] for m in self.modalities
+        }
         bad = self._find_bad_rows()
         if bad and not cfg.skip_bad_rows:
             row, reason = next(iter(bad.items()))
-            raise DataError(f"{manifest.where(row)}: {reason} (set data.skip_bad_rows=true to skip such rows)")
+            raise DataError(
+                f"{manifest.where(row)}: {reason} (set data.skip_bad_rows=true to skip such rows)"
+            )
         self.skipped = SkipReport({manifest.ids[r]: why for r, why in bad.items()})
         self.keep = np.ones(len(manifest), dtype=bool)
         self.keep[list(bad)] = False
@@ -114,12 +130,17 @@ class PairedData:
             if self.keys[m][r] in store.index:
                 found.append(r)
             else:
-                bad.setdefault(int(r), f"field {m!r}: no features for {self.keys[m][r]!r} in {store.path}")
+                bad.setdefault(
+                    int(r), f"field {m!r}: no features for {self.keys[m][r]!r} in {store.path}"
+                )
         for start in range(0, len(found), _CHECK_CHUNK):
             chunk = found[start : start + _CHECK_CHUNK]
             values = store.rows([self.keys[m][r] for r in chunk])
             for i in np.flatnonzero(~np.isfinite(values).all(axis=1)):
-                bad.setdefault(int(chunk[i]), f"field {m!r}: features of {self.keys[m][chunk[i]]!r} in {store.path} contain NaN or inf")
+                bad.setdefault(
+                    int(chunk[i]),
+                    f"field {m!r}: features of {self.keys[m][chunk[i]]!r} in {store.path} contain NaN or inf",
+                )
 
     def _check_sizes(self, min_rows: int) -> None:
         train = self.rows("train")
@@ -128,7 +149,9 @@ class PairedData:
         for m in self.modalities:
             n = int(self.present[m][train].sum())
             if n < min_rows:
-                raise DataError(f"{self.manifest.path}: modality {m!r} has {n} train row(s), fewer than data.min_rows={min_rows}")
+                raise DataError(
+                    f"{self.manifest.path}: modality {m!r} has {n} train row(s), fewer than data.min_rows={min_rows}"
+                )
 
     def rows(self, split: str) -> np.ndarray:
         """Manifest row indices of a split (bad rows excluded)."""
@@ -152,7 +175,9 @@ class PairedData:
                 enc = self.encoders[m]
                 cells = [str(self.manifest.resolve(k)) if enc.reads_files else k for k in keys]
                 inputs[m] = enc.collate([enc.load(c) for c in cells])
-        groups = None if self.manifest.groups is None else torch.from_numpy(self.manifest.groups[rows])
+        groups = (
+            None if self.manifest.groups is None else torch.from_numpy(self.manifest.groups[rows])
+        )
         return Batch(torch.from_numpy(rows), present, inputs, groups)
 
 
@@ -169,7 +194,15 @@ class EpochBatches(torch.utils.data.Sampler[list[int]]):
         [[0, 1, 2, 3], [4, 5, 6, 7]]
     """
 
-    def __init__(self, rows: np.ndarray, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        rows: np.ndarray,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.rows, self.batch_size, self.seed, self.shuffle = rows, batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = 0

@@ -14,7 +14,9 @@ import pandas as pd
 from modalign.data.feature_store import write_features
 
 
-def make_views(n: int, dims: dict[str, int], latent_dim: int = 16, noise: float = 0.1, seed: int = 0) -> dict[str, np.ndarray]:
+def make_views(
+    n: int, dims: dict[str, int], latent_dim: int = 16, noise: float = 0.1, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Float32 (n, dims[m]) views of ``n`` shared latent vectors.
 
     Example:
@@ -34,7 +36,13 @@ def make_views(n: int, dims: dict[str, int], latent_dim: int = 16, noise: float 
 
 
 def write_synthetic_dataset(
-    folder: Path, n: int = 2000, dims: dict[str, int] | None = None, missing: float = 0.0, groups: int = 0, noise: float = 0.1, seed: int = 0
+    folder: Path,
+    n: int = 2000,
+    dims: dict[str, int] | None = None,
+    missing: float = 0.0,
+    groups: int = 0,
+    noise: float = 0.1,
+    seed: int = 0,
 ) -> Path:
     """Write ``pairs.csv`` and one ``<modality>.npy`` feature file per modality into ``folder``.
 
@@ -54,7 +62,9 @@ def write_synthetic_dataset(
     views = make_views(n_latent, dims, noise=noise, seed=seed)
     frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)]})
     for j, (m, arr) in enumerate(views.items()):
-        noisy = arr[latent_of_row] + 0.05 * rng.standard_normal((n, arr.shape[1])).astype(np.float32)
+        noisy = arr[latent_of_row] + 0.05 * rng.standard_normal((n, arr.shape[1])).astype(
+            np.float32
+        )
         keys = [f"{m}-{i}" for i in range(n)]
         write_features(folder / f"{m}.npy", keys, noisy)
         cells = [k if (j == 0 or rng.random() >= missing) else "" for k in keys]

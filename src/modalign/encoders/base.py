@@ -68,6 +68,8 @@ class Encoder(nn.Module):
 ENCODERS: Registry[type[Encoder]] = Registry("encoder")
 
 
-def build_encoder(name: str, modality: str, input_dim: int | None, options: dict[str, Any]) -> Encoder:
+def build_encoder(
+    name: str, modality: str, input_dim: int | None, options: dict[str, Any]
+) -> Encoder:
     """Instantiate the encoder registered as ``name``."""
-    return ENCODERS.get(name)(modality=modality, input_dim=input_dim, **options)
+    return ENCODERS.get(name)(modality=modality, input_dim=input_dim, **options)  # type: ignore[call-arg]

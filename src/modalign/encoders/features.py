@@ -11,7 +11,9 @@ from modalign.errors import ConfigError
 
 def _need_dim(name: str, input_dim: int | None) -> int:
     if input_dim is None:
-        raise ConfigError(f"encoder {name!r} reads a feature store: data.features needs an entry for its modality")
+        raise ConfigError(
+            f"encoder {name!r} reads a feature store: data.features needs an entry for its modality"
+        )
     return input_dim
 
 

@@ -30,7 +30,9 @@ def positive_mask(
     """
     if groups_x is None and groups_y is None:
         if n_x != n_y:
-            raise ValueError(f"paired rows need equal batch sizes, got {n_x} and {n_y}; pass groups")
+            raise ValueError(
+                f"paired rows need equal batch sizes, got {n_x} and {n_y}; pass groups"
+            )
         return torch.eye(n_x, dtype=torch.bool, device=device)
     if groups_x is None or groups_y is None:
         raise ValueError("pass groups for both sides or for neither")

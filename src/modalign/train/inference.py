@@ -31,12 +31,18 @@ def to_device(obj: Any, device: torch.device) -> Any:
 
 
 @torch.no_grad()
-def embed_rows(model: Aligner, data: PairedData, rows: np.ndarray, batch_size: int = 512) -> EmbeddingSet:
+def embed_rows(
+    model: Aligner, data: PairedData, rows: np.ndarray, batch_size: int = 512
+) -> EmbeddingSet:
     """Embed manifest ``rows`` in every modality; missing modalities become NaN rows."""
     model.eval()
     device = next(model.parameters()).device
-    out = {m: np.full((len(rows), model.embed_dim), np.nan, dtype=np.float32) for m in model.modalities}
-    for start, batch in zip(range(0, len(rows), batch_size), iterate_rows(data, rows, batch_size), strict=True):
+    out = {
+        m: np.full((len(rows), model.embed_dim), np.nan, dtype=np.float32) for m in model.modalities
+    }
+    for start, batch in zip(
+        range(0, len(rows), batch_size), iterate_rows(data, rows, batch_size), strict=True
+    ):
         emb = model(to_device(batch.inputs, device))
         for m, e in emb.items():
             positions = start + np.flatnonzero(batch.present[m].numpy())
@@ -46,7 +52,9 @@ def embed_rows(model: Aligner, data: PairedData, rows: np.ndarray, batch_size: i
     return EmbeddingSet(out, ids=[manifest.ids[r] for r in rows], groups=groups)
 
 
-def embed_split(model: Aligner, data: PairedData, split: str, batch_size: int = 512) -> EmbeddingSet:
+def embed_split(
+    model: Aligner, data: PairedData, split: str, batch_size: int = 512
+) -> EmbeddingSet:
     """Embed every row of ``split``; a ``DataError`` if the split is empty."""
     rows = data.rows(split)
     if len(rows) == 0:
@@ -71,11 +79,16 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[Config, Aligner, Paire
     try:
         parts.model.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise DataError(f"{ckpt_path}: weights do not fit the model its config builds (feature dimensions changed?): {err}") from None
+        raise DataError(
+            f"{ckpt_path}: weights do not fit the model its config builds (feature dimensions changed?): {err}"
+        ) from None
     return cfg, parts.model, parts.data
 
 
 def embed_run(run_dir: Path, splits: Sequence[str] | None = None) -> dict[str, EmbeddingSet]:
     """Embed the given splits (default: the config's ``eval.splits``) of a finished run."""
     cfg, model, data = load_run(run_dir)
-    return {split: embed_split(model, data, split, cfg.eval.chunk_size) for split in (splits or cfg.eval.splits)}
+    return {
+        split: embed_split(model, data, split, cfg.eval.chunk_size)
+        for split in (splits or cfg.eval.splits)
+    }

@@ -25,7 +25,11 @@ class MetricsLogger:
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line and json.loads(line)["step"] <= step
+        ]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -45,4 +49,8 @@ class MetricsLogger:
 def read_log(run_dir: Path) -> list[dict[str, float]]:
     """The records of a run's ``metrics.jsonl``."""
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line]
+        if path.exists()
+        else []
+    )

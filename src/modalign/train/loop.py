@@ -24,7 +24,13 @@ from modalign.errors import ConfigError
 from modalign.io import write_json_atomic
 from modalign.losses import LOSSES, LossFn
 from modalign.model import Aligner
-from modalign.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from modalign.train.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from modalign.train.inference import embed_split, to_device
 from modalign.train.logging import MetricsLogger
 from modalign.train.setup import RunParts, build_parts
@@ -43,7 +49,11 @@ class TrainState:
 
 
 def pair_losses(
-    emb: dict[str, Tensor], batch: Batch, pairs: list[tuple[str, str]], loss_fn: LossFn, model: Aligner
+    emb: dict[str, Tensor],
+    batch: Batch,
+    pairs: list[tuple[str, str]],
+    loss_fn: LossFn,
+    model: Aligner,
 ) -> dict[str, Tensor]:
     """The loss of each modality pair, over the rows of the batch that have both modalities."""
     scale, bias = model.scale(), model.bias
@@ -56,21 +66,34 @@ def pair_losses(
         idx_a = (torch.cumsum(batch.present[a].long(), 0) - 1)[both]
         idx_b = (torch.cumsum(batch.present[b].long(), 0) - 1)[both]
         groups = None if batch.groups is None else batch.groups[both].to(emb[a].device)
-        out[f"{a}_{b}"] = loss_fn(emb[a][idx_a.to(emb[a].device)], emb[b][idx_b.to(emb[b].device)], scale, bias, groups, groups)
+        out[f"{a}_{b}"] = loss_fn(
+            emb[a][idx_a.to(emb[a].device)],
+            emb[b][idx_b.to(emb[b].device)],
+            scale,
+            bias,
+            groups,
+            groups,
+        )
     return out
 
 
 def make_optimizer(model: Aligner, cfg: Config) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases, norms, the temperature and the logit bias (ndim < 2)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.train.lr)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_schedule(
+    optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
     warmup, floor = cfg.train.warmup_steps, cfg.train.min_lr_ratio
 
@@ -93,7 +116,9 @@ def monitored_value(metrics: dict[str, float], name: str) -> float:
     """A full metric key, or the mean of a bare metric name over every val direction."""
     if "/" in name:
         if name not in metrics:
-            raise ConfigError(f"train.early_stopping.metric {name!r} is not computed; available: {', '.join(sorted(metrics))}")
+            raise ConfigError(
+                f"train.early_stopping.metric {name!r} is not computed; available: {', '.join(sorted(metrics))}"
+            )
         return metrics[name]
     values = [v for k, v in metrics.items() if k.startswith("val/") and k.endswith(f"/{name}")]
     if not values:
@@ -114,8 +139,11 @@ class Trainer:
         train_rows = self.parts.data.rows("train")
         self.sampler = EpochBatches(train_rows, cfg.train.batch_size, cfg.train.seed)
         self.loader = torch.utils.data.DataLoader(
-            BatchDataset(self.parts.data), sampler=self.sampler, batch_size=None,
-            num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0,
+            BatchDataset(self.parts.data),
+            sampler=self.sampler,
+            batch_size=None,
+            num_workers=cfg.train.num_workers,
+            persistent_workers=cfg.train.num_workers > 0,
         )
         steps_per_epoch = max(1, len(self.sampler) // cfg.train.accumulate)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -133,7 +161,9 @@ class Trainer:
                 raise ConfigError(f"{self.run_dir}: nothing to resume (no last.pt)")
             self._restore(load_checkpoint(last))
         elif last.exists():
-            raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
+            raise ConfigError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
         if self.parts.data.skipped.reasons:
@@ -158,7 +188,10 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to the end (or early stop), then evaluate ``eval.splits``; returns metrics.json."""
         cfg = self.cfg
-        while self.state.epoch < cfg.train.epochs and self.state.bad_epochs < cfg.train.early_stopping.patience:
+        while (
+            self.state.epoch < cfg.train.epochs
+            and self.state.bad_epochs < cfg.train.early_stopping.patience
+        ):
             self._train_epoch()
             self._end_epoch()
         self.logger.close()
@@ -168,9 +201,21 @@ class Trainer:
         cfg, model = self.cfg, self.model
         model.train()
         self.sampler.set_epoch(self.state.epoch)
-        bar = tqdm(self.loader, desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=None)
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=None,
+        )
         for i, batch in enumerate(bar):
-            losses = pair_losses(model(to_device(batch.inputs, self.device)), batch, self.parts.pairs, self.loss_fn, model)
+            losses = pair_losses(
+                model(to_device(batch.inputs, self.device)),
+                batch,
+                self.parts.pairs,
+                self.loss_fn,
+                model,
+            )
             if not losses:
                 continue
             loss = torch.stack(list(losses.values())).mean()
@@ -180,8 +225,13 @@ class Trainer:
             grad_norm = self._optimizer_step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if self.state.step % cfg.train.log_every == 0:
-                record = {"epoch": self.state.epoch, "train/loss": loss.item(), "train/grad_norm": grad_norm,
-                          "train/temperature": 1.0 / model.scale().item(), "lr": self.schedule.get_last_lr()[0]}
+                record: dict[str, float] = {
+                    "epoch": self.state.epoch,
+                    "train/loss": loss.item(),
+                    "train/grad_norm": grad_norm,
+                    "train/temperature": 1.0 / model.scale().item(),
+                    "lr": float(self.schedule.get_last_lr()[0]),
+                }
                 record.update({f"train/loss_{k}": v.item() for k, v in losses.items()})
                 if model.bias is not None:
                     record["train/bias"] = model.bias.item()
@@ -205,16 +255,33 @@ class Trainer:
         if len(self.parts.data.rows("val")):
             from modalign.eval.retrieval import evaluate_retrieval
 
-            val = evaluate_retrieval(embed_split(self.model, self.parts.data, "val", cfg.eval.chunk_size), "val", cfg.eval.ks, cfg.eval.chunk_size)
+            val = evaluate_retrieval(
+                embed_split(self.model, self.parts.data, "val", cfg.eval.chunk_size),
+                "val",
+                cfg.eval.ks,
+                cfg.eval.chunk_size,
+            )
             record.update(val)
             value = monitored_value(val, cfg.train.early_stopping.metric)
-            better = state.best is None or (value > state.best if cfg.train.early_stopping.mode == "max" else value < state.best)
-            state.best, state.bad_epochs = (value, 0) if better else (state.best, state.bad_epochs + 1)
-            log.info("epoch %d: val %s = %.4f%s", state.epoch, cfg.train.early_stopping.metric, value, " (best)" if better else "")
+            better = state.best is None or (
+                value > state.best if cfg.train.early_stopping.mode == "max" else value < state.best
+            )
+            state.best, state.bad_epochs = (
+                (value, 0) if better else (state.best, state.bad_epochs + 1)
+            )
+            log.info(
+                "epoch %d: val %s = %.4f%s",
+                state.epoch,
+                cfg.train.early_stopping.metric,
+                value,
+                " (best)" if better else "",
+            )
         else:
             better = True  # no validation split: the latest weights are the best we know
         if better:
-            save_checkpoint(self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": state.epoch})
+            save_checkpoint(
+                self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": state.epoch}
+            )
         self.logger.log(state.step, record)
         save_checkpoint(self.run_dir / "last.pt", self._checkpoint())
 
@@ -229,7 +296,9 @@ class Trainer:
         for split in self.cfg.eval.splits:
             if len(self.parts.data.rows(split)):
                 emb = embed_split(self.model, self.parts.data, split, self.cfg.eval.chunk_size)
-                metrics.update(evaluate_retrieval(emb, split, self.cfg.eval.ks, self.cfg.eval.chunk_size))
+                metrics.update(
+                    evaluate_retrieval(emb, split, self.cfg.eval.ks, self.cfg.eval.chunk_size)
+                )
             else:
                 log.warning("split %r is empty: not evaluated", split)
         write_json_atomic(self.run_dir / "metrics.json", metrics)

@@ -30,18 +30,29 @@ def build_parts(cfg: Config) -> RunParts:
     if not cfg.data.manifest:
         raise ConfigError("data.manifest is not set")
     if cfg.loss.name not in LOSSES:
-        raise ConfigError(f"loss.name {cfg.loss.name!r} is unknown; known: {', '.join(LOSSES.names())}")
+        raise ConfigError(
+            f"loss.name {cfg.loss.name!r} is unknown; known: {', '.join(LOSSES.names())}"
+        )
     manifest = read_manifest(cfg.data.manifest, cfg.data.modalities or None)
     modalities = manifest.modalities
     if len(modalities) < 2:
-        raise ConfigError(f"{manifest.path}: alignment needs at least two modalities, found {modalities}")
+        raise ConfigError(
+            f"{manifest.path}: alignment needs at least two modalities, found {modalities}"
+        )
     for m in cfg.model.encoders:
         if m not in modalities:
-            raise ConfigError(f"model.encoders.{m}: no such modality (modalities: {', '.join(modalities)})")
-    names = {m: (cfg.model.encoders[m].name if m in cfg.model.encoders else "precomputed") for m in modalities}
+            raise ConfigError(
+                f"model.encoders.{m}: no such modality (modalities: {', '.join(modalities)})"
+            )
+    names = {
+        m: (cfg.model.encoders[m].name if m in cfg.model.encoders else "precomputed")
+        for m in modalities
+    }
     for m, name in names.items():
         if name not in ENCODERS:
-            raise ConfigError(f"model.encoders.{m}.name {name!r} is unknown; known: {', '.join(ENCODERS.names())}")
+            raise ConfigError(
+                f"model.encoders.{m}.name {name!r} is unknown; known: {', '.join(ENCODERS.names())}"
+            )
     feature_kinds = {m: ENCODERS.get(name).input_kind == "features" for m, name in names.items()}
     stores = open_feature_stores(cfg.data, modalities, feature_kinds)
     model = build_model(cfg, {m: (stores[m].dim if m in stores else None) for m in modalities})
@@ -56,7 +67,9 @@ def resolve_pairs(cfg: Config, modalities: list[str]) -> list[tuple[str, str]]:
     for a, b in cfg.loss.pairs:
         for m in (a, b):
             if m not in modalities:
-                raise ConfigError(f"loss.pairs names {m!r}, which is not a modality ({', '.join(modalities)})")
+                raise ConfigError(
+                    f"loss.pairs names {m!r}, which is not a modality ({', '.join(modalities)})"
+                )
         if a == b:
             raise ConfigError(f"loss.pairs: pair ({a}, {b}) aligns a modality with itself")
     return [(a, b) for a, b in cfg.loss.pairs]

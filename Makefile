@@ -1,0 +1,41 @@
+# modalign: set-up, tests and the demo on a fresh Debian/Ubuntu machine.
+#   make demo   - installs system packages (Tux Paint stamps) and Python packages, runs the demo
+#   make test   - installs everything the tests need, then runs ruff, mypy and pytest
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := tuxpaint-stamps-default espeak-ng chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: system install test lint demo clean
+
+# System packages: real data for the demo and the real-data tests, and a headless browser.
+system:
+	@if command -v apt-get >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	else echo "apt-get not found: install $(APT_PACKAGES) by hand (tests that need them skip)"; fi
+
+# torch first, pinned to the CPU wheel: letting another package pull torch brings a CUDA build.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,encoders,faiss,bench]"
+	touch $@
+
+install: $(BIN)/.installed
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+# pytest exits 5 when it collects nothing; that is a failure of the set-up, reported as such.
+test: system install lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+
+demo: system install
+	$(BIN)/modalign demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
