@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -174,3 +175,25 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
         dist.all_reduce(out)
         out /= dist.get_world_size()
     return out
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average ``.grad`` over processes in place (what DDP does); nothing on one process.
+
+    For loops that do not wrap the model in ``DistributedDataParallel``, e.g. with gradient
+    caching, which runs several backward passes per step. Every process must pass the same
+    parameters in the same order; a missing gradient counts as zero.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.full((2,), 3.0)
+        >>> average_gradients([p]); p.grad.tolist()
+        [3.0, 3.0]
+    """
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
