@@ -178,6 +178,11 @@ def _spans(n: int, tile: int) -> list[tuple[int, int]]:
     return [(s, min(s + tile, n)) for s in range(0, n, tile)]
 
 
+def _buffer(x: Tensor, y: Tensor, tile: int) -> Tensor:
+    """A flat scratch buffer for one tile (never larger than the whole matrix)."""
+    return x.new_empty(min(tile, x.shape[0]) * min(tile, y.shape[0]))
+
+
 def _view(buf: Tensor, rows: int, cols: int) -> Tensor:
     """A contiguous (rows, cols) view on the front of a flat buffer (edge tiles are smaller)."""
     return buf[: rows * cols].view(rows, cols)
@@ -221,7 +226,7 @@ def lse_pass(x: Tensor, y: Tensor, scale: float, tile: int) -> tuple[Tensor, Ten
     """
     row = x.new_full((x.shape[0],), -math.inf)
     col = x.new_full((y.shape[0],), -math.inf)
-    buf, tmp, c = x.new_empty(tile * tile), x.new_empty(tile * tile), _shift(x.dtype)
+    buf, tmp, c = _buffer(x, y, tile), _buffer(x, y, tile), _shift(x.dtype)
     for r0, r1 in _spans(x.shape[0], tile):
         for c0, c1 in _spans(y.shape[0], tile):
             logits = _logits_(_view(buf, r1 - r0, c1 - c0), x[r0:r1], y[c0:c1], scale)
@@ -235,8 +240,35 @@ def lse_pass(x: Tensor, y: Tensor, scale: float, tile: int) -> tuple[Tensor, Ten
     return row, col
 
 
+Diagonal = tuple[int, Tensor]
+"""``(offset, coef)``: subtract ``coef_i`` at (row i, column offset + i) of d loss / d logits."""
+
+
+def _sub_diagonal_(grad_tile: Tensor, r0: int, c0: int, diag: Diagonal | None, unit: float) -> None:
+    """Take the positives of paired rows out of a tile of d loss / d logits, in place.
+
+    Subtracting them here, before the products, rather than ``a_i * y_i`` from ``W @ y`` later,
+    avoids cancellation in fp32 when the softmax is nearly one-hot (a well-trained model at
+    a high scale): the tile then holds the small difference itself.
+    """
+    if diag is None:
+        return
+    offset, coef = diag
+    d = offset + r0 - c0  # tile column of row r0's positive
+    band = grad_tile.diagonal(d)  # (k, k + d) for d >= 0, (k - d, k) for d < 0
+    if band.numel():
+        start = r0 + max(-d, 0)
+        band.sub_(coef[start : start + band.numel()], alpha=unit)
+
+
 def softmax_grad_pass(
-    x: Tensor, y: Tensor, scale: float, row_shift: Tensor, col_shift: Tensor, tile: int
+    x: Tensor,
+    y: Tensor,
+    scale: float,
+    row_shift: Tensor,
+    col_shift: Tensor,
+    tile: int,
+    diag: Diagonal | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(W @ y, W.T @ x)`` for ``W_ij = exp(l_ij - row_shift_i) + exp(l_ij - col_shift_j)``.
 
@@ -247,12 +279,13 @@ def softmax_grad_pass(
 
     Args:
         x: (n, D). y: (m, D). scale: float. row_shift: (n,). col_shift: (m,). tile: tile side.
+        diag: paired positives to subtract from ``W`` (see :func:`_sub_diagonal_`).
 
     Returns:
         ``(gx (n, D), gy (m, D))``.
     """
     gx, gy = torch.zeros_like(x), torch.zeros_like(y)
-    buf, tmp, c = x.new_empty(tile * tile), x.new_empty(tile * tile), _shift(x.dtype)
+    buf, tmp, c = _buffer(x, y, tile), _buffer(x, y, tile), _shift(x.dtype)
     # Shifts are lse minus log weight >= max logit (weights <= 1), so exponents are <= 0.
     row_shift, col_shift = row_shift + c, col_shift + c
     for r0, r1 in _spans(x.shape[0], tile):
@@ -262,13 +295,20 @@ def softmax_grad_pass(
                 torch.sub(logits, row_shift[r0:r1, None], out=_view(tmp, r1 - r0, c1 - c0))
             )
             w = _exp_(logits.sub_(col_shift[None, c0:c1])).add_(p_row)  # (t, t') = W tile / e^c
+            _sub_diagonal_(w, r0, c0, diag, math.exp(-c))
             gx[r0:r1].addmm_(w, y[c0:c1])  # (t, D)
             gy[c0:c1].addmm_(w.T, x[r0:r1])  # (t', D)
     return gx.mul_(math.exp(c)), gy.mul_(math.exp(c))
 
 
 def softplus_pass(
-    x: Tensor, y: Tensor, scale: float, bias: float, tile: int, need_grad: bool
+    x: Tensor,
+    y: Tensor,
+    scale: float,
+    bias: float,
+    tile: int,
+    need_grad: bool,
+    diag: Diagonal | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """``sum_ij softplus(l_ij + bias)`` and, if asked, its derivatives in the same pass.
 
@@ -278,6 +318,7 @@ def softplus_pass(
 
     Args:
         x: (n, D). y: (m, D). scale, bias: floats. tile: tile side. need_grad: also accumulate.
+        diag: paired positives to subtract from ``S`` (see :func:`_sub_diagonal_`).
 
     Returns:
         ``(value (0-d, float64), S @ y (n, D), S.T @ x (m, D), sum S (0-d))``; None without grad.
@@ -286,14 +327,15 @@ def softplus_pass(
     gx = torch.zeros_like(x) if need_grad else None
     gy = torch.zeros_like(y) if need_grad else None
     gb = torch.zeros((), dtype=torch.float64, device=x.device)
-    buf = x.new_empty(tile * tile)
+    buf = _buffer(x, y, tile)
     for r0, r1 in _spans(x.shape[0], tile):
         for c0, c1 in _spans(y.shape[0], tile):
             z = _logits_(_view(buf, r1 - r0, c1 - c0), x[r0:r1], y[c0:c1], scale).add_(bias)
-            total += F.softplus(z).sum(dtype=torch.float64)
+            total += F.softplus(z).sum().double()  # fp32 cascade sum per tile
             if gx is not None and gy is not None:
                 s = torch.sigmoid(z, out=z)  # (t, t')
-                gb += s.sum(dtype=torch.float64)
+                _sub_diagonal_(s, r0, c0, diag, 1.0)
+                gb += s.sum().double()
                 gx[r0:r1].addmm_(s, y[c0:c1])
                 gy[c0:c1].addmm_(s.T, x[r0:r1])
     return total, gx, gy, (gb if need_grad else None)
@@ -331,6 +373,32 @@ def _info_nce_weights(pos: Positives) -> tuple[Tensor, Tensor, Tensor]:
     return w, v, a
 
 
+def _info_nce_share(
+    x: Tensor,
+    y: Tensor,
+    s: float,
+    pos: Positives,
+    row_lse: Tensor,
+    col_lse: Tensor,
+    weights: tuple[Tensor, Tensor, Tensor],
+    world: int,
+) -> Tensor:
+    """This process's share of the InfoNCE value (the shares of all processes sum to the loss).
+
+    Paired rows: each process owns the column terms of its rows' partners, and every term is
+    formed as ``lse - positive logit`` before summing (no cancellation between two large sums).
+    Groups: the column terms are split evenly, ``1 / world`` on each process.
+    """
+    w, v, a = weights
+    if pos.row_ids is None:
+        own = slice(pos.offset, pos.offset + x.shape[0])
+        l_pos = s * _rowdot(x, y[own])  # (n,) logits of the positive pairs
+        return (w * (row_lse - l_pos)).sum() + (v[own] * (col_lse[own] - l_pos)).sum()
+    pos_logits = s * (a * _rowdot(x, _group_sum_cols(y, pos))).sum()
+    col_terms = torch.where(v > 0, v * col_lse, 0.0).sum()
+    return (w * row_lse).sum() + col_terms / world - pos_logits
+
+
 class _InfoNCEBlock(torch.autograd.Function):
     """Tiled symmetric InfoNCE of a block; see :func:`info_nce_block`."""
 
@@ -349,10 +417,7 @@ class _InfoNCEBlock(torch.autograd.Function):
         row_lse, col_part = lse_pass(x, y, s, tile)  # (n,), (m,) over local rows only
         col_lse = reduce(col_part)  # (m,) over the rows of every process
         w, v, a = (t.to(x.dtype) for t in _info_nce_weights(pos))
-        pos_logits = s * (a * _rowdot(x, _group_sum_cols(y, pos))).sum()
-        col_terms = torch.where(v > 0, v * col_lse, 0.0).sum()
-        # Every process adds 1/world of the column terms; see info_nce_block for the scaling.
-        value = world * ((w * row_lse).sum() + col_terms / world - pos_logits)
+        value = world * _info_nce_share(x, y, s, pos, row_lse, col_lse, (w, v, a), world)
         ctx.save_for_backward(x, y, scale, row_lse, col_lse, w, v, a)
         ctx.pos, ctx.world, ctx.tile = pos, world, tile
         return value
@@ -365,9 +430,12 @@ class _InfoNCEBlock(torch.autograd.Function):
         # (w_i = 0 gives an infinite shift and an exact zero).
         row_shift = row_lse - torch.log(world * w)
         col_shift = col_lse - torch.log(world * v)
-        gx, gy = softmax_grad_pass(x, y, s, row_shift, col_shift, ctx.tile)  # (n, D), (m, D)
-        gx.addcmul_(a[:, None], _group_sum_cols(y, pos), value=-world)  # positives of each row
-        _add_pos_col_grad_(gy, a[:, None] * x, pos, alpha=-world)  # positives of each column
+        paired = pos.row_ids is None
+        diag = (pos.offset, world * a) if paired else None
+        gx, gy = softmax_grad_pass(x, y, s, row_shift, col_shift, ctx.tile, diag)  # (n,D), (m,D)
+        if not paired:  # group positives: segment sums, O(B * D)
+            gx.addcmul_(a[:, None], _group_sum_cols(y, pos), value=-world)
+            _add_pos_col_grad_(gy, a[:, None] * x, pos, alpha=-world)
         g_scale = _flat_dot(x, gx) * grad  # sum_ij dL/dl_ij <x_i, y_j>
         return (
             gx.mul_(s * grad),
@@ -396,7 +464,9 @@ class _SigLIPBlock(torch.autograd.Function):
         need_grad: bool,
     ) -> Tensor:
         s, b = float(scale), float(bias)
-        total, gx, gy, gb = softplus_pass(x, y, s, b, tile, need_grad)
+        paired = pos.row_ids is None
+        diag = (pos.offset, torch.ones_like(pos.row_pos, dtype=x.dtype)) if paired else None
+        total, gx, gy, gb = softplus_pass(x, y, s, b, tile, need_grad, diag)
         sy = _group_sum_cols(y, pos)  # (n, D)
         # -log sigmoid(z l) = softplus(l) - [z = +1] l: the positives are a linear correction.
         n_pos = pos.row_pos.sum(dtype=torch.float64)
@@ -405,14 +475,16 @@ class _SigLIPBlock(torch.autograd.Function):
         value = (factor * (total - pos_logits)).to(x.dtype)
         ctx.grads = None
         if gx is not None and gy is not None and gb is not None:
-            gx.sub_(sy)
-            _add_pos_col_grad_(gy, x, pos, alpha=-1.0)
+            if not paired:  # group positives: segment sums, O(B * D)
+                gx.sub_(sy)
+                _add_pos_col_grad_(gy, x, pos, alpha=-1.0)
+                gb = gb - n_pos
             g_scale = _flat_dot(x, gx) * factor
             ctx.grads = (
                 gx.mul_(s * factor),
                 gy.mul_(s * factor),
                 g_scale,
-                ((gb - n_pos) * factor).to(x.dtype),
+                (gb * factor).to(x.dtype),
             )
             ctx.shapes = (scale.shape, bias.shape)
         return value
@@ -510,7 +582,9 @@ def siglip_block(
     """SigLIP loss of local rows ``x`` against all columns ``y``, tiled, gradients in one pass.
 
     Normalised by the global number of rows (open_clip and the paper). As for
-    :func:`info_nce_block`, the value is ``world_size`` times this process's share.
+    :func:`info_nce_block`, the value is ``world_size`` times this process's share. The gradients
+    are computed in the forward pass and handed over (not copied) in the backward pass, so
+    backpropagating twice through one call (``retain_graph=True``) raises.
 
     Args:
         x: (n, D) local rows. y: (m, D) all columns. scale: 0-d. bias: 0-d or None (zero).
