@@ -19,6 +19,8 @@ from modalign.errors import ModalignError
 COMMAND_MODULES = [
     "modalign.commands.train",
     "modalign.commands.embed",
+    "modalign.commands.eval",
+    "modalign.commands.compare",
 ]
 
 

@@ -1,0 +1,192 @@
+"""The whole evaluation of one split: retrieval, diagnostics, gap mitigation, zero-shot, probes.
+
+:func:`evaluate_split` composes the pure metric functions and keeps what the report and
+``modalign compare`` need (per-query values, similarity samples, spectra). Metric keys follow one
+scheme, ``{split}/{subject}/{metric}``, where the subject is
+
+- ``{query}_to_{gallery}`` for directional metrics (retrieval, hubness),
+- ``{a}_vs_{b}`` for symmetric pair diagnostics (similarities, modality gap),
+- ``{modality}`` for single-modality metrics (uniformity, effective rank, zero-shot, probes).
+
+Retrieval after per-modality mean centring (post-hoc gap mitigation) is reported under the split
+name ``{split}_centered``.
+
+Example:
+    >>> x = np.eye(4, dtype=np.float32)
+    >>> ev = evaluate_split(EmbeddingSet({"a": x, "b": x}, ids=list("wxyz")), "test", n_boot=20)
+    >>> ev.metrics["test/a_to_b/recall@1"], ev.metrics["test_centered/a_to_b/recall@1"]
+    (1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from modalign.embeddings import EmbeddingSet
+from modalign.eval import diagnostics as dg
+from modalign.eval.bootstrap import bootstrap_intervals
+from modalign.eval.probe import probe_metrics
+from modalign.eval.retrieval import (
+    PerQueryRetrieval,
+    evaluate_retrieval_per_query,
+    summarize_retrieval,
+)
+from modalign.eval.zeroshot import zero_shot_metrics, zero_shot_scores
+
+#: Metrics that get bootstrap intervals (every retrieval metric that is a per-query statistic).
+HEADLINE = ("recall@", "precision@", "ndcg@", "mrr", "map", "mean_rank", "median_rank")
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """Class prototypes for zero-shot classification.
+
+    Args:
+        names: C class names.
+        prototypes: (C, D) or per-template (T, C, D) embeddings of the class prompts in the shared
+            space (usually made by the text modality); every labelled modality is classified
+            against them.
+    """
+
+    names: list[str]
+    prototypes: np.ndarray
+
+
+@dataclass
+class SplitEvaluation:
+    """Everything measured on one split; ``metrics`` and ``intervals`` use flat keys."""
+
+    split: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    retrieval: dict[str, tuple[list[str], PerQueryRetrieval]] = field(default_factory=dict)
+    similarity: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    k_occurrence: dict[str, np.ndarray] = field(default_factory=dict)
+    spectra: dict[str, np.ndarray] = field(default_factory=dict)
+    projection: dict[str, np.ndarray] = field(default_factory=dict)
+    confusion: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def evaluate_split(
+    emb: EmbeddingSet,
+    split: str,
+    ks: Sequence[int] = (1, 5, 10),
+    classes: ClassSpec | None = None,
+    n_boot: int = 1000,
+    center: bool = True,
+    chunk_size: int | None = None,
+    max_pairs: int = 200_000,
+) -> SplitEvaluation:
+    """Run every evaluation that ``emb`` supports on one split.
+
+    Args:
+        emb: embeddings of the split. split: the first part of every key.
+        ks: retrieval cut-offs. classes: enables zero-shot (labels needed in ``emb``).
+        n_boot: bootstrap replicates for intervals (0 to skip). center: also evaluate after
+            per-modality mean centring. chunk_size: retrieval chunk. max_pairs: diagnostics sampling.
+
+    Returns:
+        A :class:`SplitEvaluation`.
+    """
+    ev = SplitEvaluation(split)
+    _add_retrieval(ev, emb, split, ks, n_boot, chunk_size)
+    if center and len(emb.modalities) > 1:
+        centred = EmbeddingSet(
+            dg.center_modalities(emb.embeddings), emb.ids, emb.groups, emb.labels
+        )
+        _add_retrieval(ev, centred, f"{split}_centered", ks, 0, chunk_size, keep=False)
+    _add_pair_diagnostics(ev, emb, max_pairs)
+    _add_modality_diagnostics(ev, emb, max_pairs)
+    if emb.labels is not None:
+        _add_supervised(ev, emb, classes)
+    return ev
+
+
+def _add_retrieval(
+    ev: SplitEvaluation,
+    emb: EmbeddingSet,
+    split: str,
+    ks: Sequence[int],
+    n_boot: int,
+    chunk_size: int | None,
+    keep: bool = True,
+) -> None:
+    for pair, (rows, pq) in evaluate_retrieval_per_query(emb, ks, chunk_size).items():
+        prefix = f"{split}/{pair}/"
+        metrics = {
+            **summarize_retrieval(pq),
+            "n_queries": float(len(pq)),
+            "n_gallery": float(pq.n_gallery),
+        }
+        ev.metrics.update({prefix + k: v for k, v in metrics.items()})
+        if keep:  # per-query values and intervals of the headline (uncentred) evaluation
+            ev.retrieval[pair] = ([emb.ids[r] for r in rows], pq)
+            values = {k: v for k, v in pq.values().items() if k.startswith(HEADLINE)}
+            for k, ci in bootstrap_intervals(values, n_boot).items() if n_boot else ():
+                ev.intervals[prefix + k] = ci
+
+
+def _add_pair_diagnostics(ev: SplitEvaluation, emb: EmbeddingSet, max_pairs: int) -> None:
+    groups = emb.group_ids()
+    for a, b in itertools.permutations(emb.modalities, 2):
+        ma, mb = emb.present(a), emb.present(b)
+        if not (ma.any() and mb.any()):
+            continue
+        xa, xb = emb.embeddings[a][ma], emb.embeddings[b][mb]
+        if f"{a}_to_{b}" in ev.retrieval:
+            hub = dg.hubness(xa, xb, k=10)
+            ev.metrics.update({f"{ev.split}/{a}_to_{b}/{k}": v for k, v in hub.items()})
+            ev.k_occurrence[f"{a}_to_{b}"] = dg.k_occurrence(xa, xb, 10)
+        if emb.modalities.index(a) > emb.modalities.index(b):
+            continue  # symmetric diagnostics once per unordered pair
+        samples = dg.similarity_samples(xa, xb, groups[ma], groups[mb], max_pairs)
+        both = ma & mb
+        stats = {**dg.similarity_stats(samples)} if len(samples["positive"]) else {}
+        stats.update(dg.modality_gap(xa, xb, emb.embeddings[a][both], emb.embeddings[b][both]))
+        ev.similarity[f"{a}_vs_{b}"] = samples
+        ev.metrics.update({f"{ev.split}/{a}_vs_{b}/{k}": v for k, v in stats.items()})
+
+
+def _add_modality_diagnostics(ev: SplitEvaluation, emb: EmbeddingSet, max_pairs: int) -> None:
+    rng = np.random.default_rng(0)
+    shown = {m: emb.embeddings[m][emb.present(m)] for m in emb.modalities}
+    both = np.concatenate([x[rng.permutation(len(x))[:2000]] for x in shown.values()])
+    mean = both.mean(axis=0)
+    basis = np.linalg.svd(both - mean, full_matrices=False)[2][:2]  # shared 2-D PCA, (2, D)
+    for m, x in shown.items():
+        if len(x) < 2:
+            continue
+        stats = {**dg.effective_rank(x), "uniformity": dg.uniformity(x, max_pairs=max_pairs)}
+        ev.metrics.update({f"{ev.split}/{m}/{k}": v for k, v in stats.items()})
+        ev.spectra[m] = dg.singular_values(x)
+        ev.projection[m] = (x[rng.permutation(len(x))[:1000]] - mean) @ basis.T
+        warning = dg.collapse_warning(stats)
+        if warning:
+            ev.warnings.append(f"{m}: {warning}")
+
+
+def _add_supervised(ev: SplitEvaluation, emb: EmbeddingSet, classes: ClassSpec | None) -> None:
+    assert emb.labels is not None
+    for m in emb.modalities:
+        mask = emb.present(m) & (emb.labels >= 0)
+        x, y = emb.embeddings[m][mask], emb.labels[mask]
+        if len(np.unique(y)) < 2:
+            continue
+        if classes is not None:
+            protos = classes.prototypes
+            ev.metrics.update(
+                {f"{ev.split}/{m}/{k}": v for k, v in zero_shot_metrics(x, y, protos).items()}
+            )
+            ev.confusion[m] = (y, zero_shot_scores(x, protos).argmax(axis=1))
+            ev.class_names = list(classes.names)
+        if int(np.bincount(np.unique(y, return_inverse=True)[1]).min()) >= 2:
+            ev.metrics.update({f"{ev.split}/{m}/{k}": v for k, v in probe_metrics(x, y).items()})
+
+
+__all__ = ["ClassSpec", "SplitEvaluation", "evaluate_split"]
