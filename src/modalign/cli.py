@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "modalign.commands.embed",
     "modalign.commands.eval",
     "modalign.commands.compare",
+    "modalign.commands.demo",
 ]
 
 

@@ -98,7 +98,7 @@ def test_pair_losses_use_only_rows_with_both_modalities() -> None:
         def scale(self) -> torch.Tensor:
             return torch.tensor(10.0)
 
-    out = pair_losses(emb, batch, [("a", "b")], info_nce_loss, Model())  # type: ignore[arg-type]
+    out = pair_losses(emb, batch, [("a", "b")], "infonce", Model(), tile_size=2)  # type: ignore[arg-type]
     # rows 0 and 3 have both: a's rows 0 and 2 (of its present rows), b's rows 0 and 2
     expected = info_nce_loss(emb["a"][[0, 2]], emb["b"][[0, 2]], torch.tensor(10.0))
     torch.testing.assert_close(out["a_b"], expected)
@@ -202,3 +202,71 @@ def test_resume_after_kill_reproduces_uninterrupted_loss_curve(tmp_path: Path) -
         [r.get("train/loss", 0.0) for r in cut], [r.get("train/loss", 0.0) for r in full], rtol=1e-6
     )
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text()) == pytest.approx(done)
+
+
+def _run_losses(cfg, run_dir: Path, extra: list[str]) -> list[float]:  # type: ignore[no-untyped-def]
+    from modalign.config import load_config as load
+
+    overrides = [
+        *_data_overrides(cfg),
+        "train.epochs=2",
+        "train.log_every=1",
+        "train.batch_size=64",
+        "model.head.dropout=0",
+        *extra,
+    ]
+    train(load(None, overrides), run_dir)
+    return [r["train/loss"] for r in read_log(run_dir) if "train/loss" in r]
+
+
+def test_gradient_cached_training_matches_plain_training(tmp_path: Path) -> None:
+    cfg = synthetic_config(tmp_path / "data", n=800, groups=300)
+    plain = _run_losses(cfg, tmp_path / "plain", [])
+    cached = _run_losses(cfg, tmp_path / "cached", ["train.chunk_size=37", "loss.tile_size=50"])
+    assert len(plain) == len(cached) > 5
+    np.testing.assert_allclose(cached, plain, rtol=1e-5)
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
+    cfg = synthetic_config(tmp_path / "data", n=800)
+    config_path = tmp_path / "c.yaml"
+    from modalign.config import save_config
+
+    base = [
+        *_data_overrides(cfg),
+        "train.epochs=2",
+        "train.log_every=1",
+        "model.head.dropout=0",
+        "train.batch_size=128",
+    ]
+    save_config(load_config(None, base), config_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        _cli(["train", str(config_path), "--out", str(tmp_path / "one")]),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--master-port=29533",
+        "-m",
+        "modalign",
+    ]
+    result = subprocess.run(
+        [*torchrun, "train", str(config_path), "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = [r["train/loss"] for r in read_log(tmp_path / "one") if "train/loss" in r]
+    two = [r["train/loss"] for r in read_log(tmp_path / "two") if "train/loss" in r]
+    assert len(one) == len(two) > 5
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert m2 == pytest.approx(m1, abs=0.02)

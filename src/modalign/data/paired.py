@@ -225,17 +225,35 @@ class EpochBatches(torch.utils.data.Sampler[list[int]]):
             yield batch[self.rank * shard : (self.rank + 1) * shard].tolist()
 
 
-class BatchDataset(torch.utils.data.Dataset[Batch]):
-    """Adapter so a DataLoader with ``batch_size=None`` can fetch whole batches in workers."""
+class BatchDataset(torch.utils.data.Dataset[list[Batch]]):
+    """Adapter so a DataLoader with ``batch_size=None`` fetches whole batches in workers.
 
-    def __init__(self, data: PairedData) -> None:
-        self.data = data
+    Each item is the batch cut into chunks of at most ``chunk_size`` rows (one chunk when
+    ``chunk_size`` is None), in row order, for gradient caching.
+    """
+
+    def __init__(self, data: PairedData, chunk_size: int | None = None) -> None:
+        self.data, self.chunk_size = data, chunk_size
 
     def __len__(self) -> int:
         return len(self.data.manifest)
 
-    def __getitem__(self, rows: Any) -> Batch:
-        return self.data.batch(rows)
+    def __getitem__(self, rows: Any) -> list[Batch]:
+        size = self.chunk_size or max(1, len(rows))
+        return [self.data.batch(rows[i : i + size]) for i in range(0, len(rows), size)]
+
+
+def merge_chunks(chunks: Sequence[Batch]) -> Batch:
+    """The rows, presence masks and groups of a whole batch from its chunks (inputs left out)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    present = {m: torch.cat([c.present[m] for c in chunks]) for m in chunks[0].present}
+    groups = (
+        None
+        if chunks[0].groups is None
+        else torch.cat([c.groups for c in chunks if c.groups is not None])
+    )
+    return Batch(torch.cat([c.rows for c in chunks]), present, {}, groups)
 
 
 def iterate_rows(data: PairedData, rows: np.ndarray, batch_size: int) -> Iterator[Batch]:

@@ -14,8 +14,9 @@ class MetricsLogger:
     checkpoint, so the log of a resumed run equals that of an uninterrupted one.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled  # False on all but the first of several processes
         self.writer: Any = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -33,6 +34,8 @@ class MetricsLogger:
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, **values}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from modalign import distributed
 from modalign.config import Config, save_config
-from modalign.data.paired import Batch, BatchDataset, EpochBatches
+from modalign.data.paired import Batch, BatchDataset, EpochBatches, merge_chunks
 from modalign.errors import ConfigError
 from modalign.io import write_json_atomic
-from modalign.losses import LOSSES, LossFn
+from modalign.losses.engine import pair_loss
 from modalign.model import Aligner
 from modalign.train.checkpoint import (
     load_checkpoint,
@@ -31,6 +32,7 @@ from modalign.train.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from modalign.train.gradcache import gradcache_step
 from modalign.train.inference import embed_split, to_device
 from modalign.train.logging import MetricsLogger
 from modalign.train.setup import RunParts, build_parts
@@ -48,32 +50,40 @@ class TrainState:
     bad_epochs: int = 0
 
 
+def active_pairs(batch: Batch, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Pairs with at least two rows holding both modalities (one row has no negatives).
+
+    Under data parallelism every process keeps every pair, so the collectives inside the loss
+    stay matched across processes.
+    """
+    if distributed.is_distributed():
+        return pairs
+    return [(a, b) for a, b in pairs if int((batch.present[a] & batch.present[b]).sum()) >= 2]
+
+
 def pair_losses(
     emb: dict[str, Tensor],
     batch: Batch,
     pairs: list[tuple[str, str]],
-    loss_fn: LossFn,
+    loss_name: str,
     model: Aligner,
+    tile_size: int | None = None,
 ) -> dict[str, Tensor]:
-    """The loss of each modality pair, over the rows of the batch that have both modalities."""
+    """The loss of each modality pair over the batch's rows that have both modalities.
+
+    ``emb[m]`` holds only the rows where ``m`` is present, in row order; losses run through the
+    engine (``modalign.losses.engine.pair_loss``): tiled kernels, gathered over processes.
+    """
     scale, bias = model.scale(), model.bias
     out = {}
     for a, b in pairs:
         both = batch.present[a] & batch.present[b]  # (B,)
-        if int(both.sum()) < 2:
-            continue  # one row has no negatives
-        # emb[m] holds only m's present rows: position of row r is (#present before r)
-        idx_a = (torch.cumsum(batch.present[a].long(), 0) - 1)[both]
-        idx_b = (torch.cumsum(batch.present[b].long(), 0) - 1)[both]
+        # position of row r among m's present rows = (#present rows before r)
+        idx_a = (torch.cumsum(batch.present[a].long(), 0) - 1)[both].to(emb[a].device)
+        idx_b = (torch.cumsum(batch.present[b].long(), 0) - 1)[both].to(emb[b].device)
         groups = None if batch.groups is None else batch.groups[both].to(emb[a].device)
-        out[f"{a}_{b}"] = loss_fn(
-            emb[a][idx_a.to(emb[a].device)],
-            emb[b][idx_b.to(emb[b].device)],
-            scale,
-            bias,
-            groups,
-            groups,
-        )
+        x, y = emb[a][idx_a], emb[b][idx_b]  # (n, D) each
+        out[f"{a}_{b}"] = pair_loss(loss_name, x, y, scale, bias, groups, groups, tile_size)
     return out
 
 
@@ -106,9 +116,10 @@ def make_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: this process's GPU when CUDA is present, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -131,15 +142,27 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        distributed.init_from_env()
+        self.main = distributed.rank() == 0  # only the first process writes files
         seed_everything(cfg.train.seed)
         self.parts: RunParts = build_parts(cfg)
-        self.device = pick_device(cfg.train.device)
+        self.device = pick_device(cfg.train.device, distributed.local_rank())
         self.model = self.parts.model.to(self.device)
-        self.loss_fn = LOSSES.get(cfg.loss.name)
         train_rows = self.parts.data.rows("train")
-        self.sampler = EpochBatches(train_rows, cfg.train.batch_size, cfg.train.seed)
+        world = distributed.world_size()
+        if cfg.train.batch_size % world:
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes"
+            )
+        self.sampler = EpochBatches(
+            train_rows,
+            cfg.train.batch_size,
+            cfg.train.seed,
+            rank=distributed.rank(),
+            world_size=world,
+        )
         self.loader = torch.utils.data.DataLoader(
-            BatchDataset(self.parts.data),
+            BatchDataset(self.parts.data, cfg.train.chunk_size),
             sampler=self.sampler,
             batch_size=None,
             num_workers=cfg.train.num_workers,
@@ -150,8 +173,10 @@ class Trainer:
         self.schedule = make_schedule(self.optimizer, cfg, steps_per_epoch * cfg.train.epochs)
         self.state = TrainState()
         self._prepare_folder(resume)
-        self.logger = MetricsLogger(self.run_dir, cfg.train.tensorboard)
-        if resume:
+        self.logger = MetricsLogger(
+            self.run_dir, cfg.train.tensorboard and self.main, enabled=self.main
+        )
+        if resume and self.main:
             self.logger.truncate_after(self.state.step)
 
     def _prepare_folder(self, resume: bool) -> None:
@@ -164,6 +189,8 @@ class Trainer:
             raise ConfigError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
             )
+        if not self.main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
         if self.parts.data.skipped.reasons:
@@ -208,36 +235,57 @@ class Trainer:
             dynamic_ncols=True,
             disable=None,
         )
-        for i, batch in enumerate(bar):
-            losses = pair_losses(
-                model(to_device(batch.inputs, self.device)),
-                batch,
-                self.parts.pairs,
-                self.loss_fn,
-                model,
-            )
-            if not losses:
+        for i, chunks in enumerate(bar):
+            batch = merge_chunks(chunks)
+            pairs = active_pairs(batch, self.parts.pairs)
+            if not pairs:
                 continue
-            loss = torch.stack(list(losses.values())).mean()
-            (loss / cfg.train.accumulate).backward()
+            losses = self._forward_backward(chunks, batch, pairs)
+            loss = distributed.all_reduce_mean(torch.stack(list(losses.values())).mean())
             if (i + 1) % cfg.train.accumulate:
                 continue
             grad_norm = self._optimizer_step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if self.state.step % cfg.train.log_every == 0:
-                record: dict[str, float] = {
-                    "epoch": self.state.epoch,
-                    "train/loss": loss.item(),
-                    "train/grad_norm": grad_norm,
-                    "train/temperature": 1.0 / model.scale().item(),
-                    "lr": float(self.schedule.get_last_lr()[0]),
-                }
-                record.update({f"train/loss_{k}": v.item() for k, v in losses.items()})
-                if model.bias is not None:
-                    record["train/bias"] = model.bias.item()
-                self.logger.log(self.state.step, record)
+                self._log_step(loss, losses, grad_norm)
+
+    def _forward_backward(
+        self, chunks: list[Batch], batch: Batch, pairs: list[tuple[str, str]]
+    ) -> dict[str, Tensor]:
+        """Losses of one batch, gradients accumulated; gradient-cached when it came in chunks."""
+        cfg, model = self.cfg, self.model
+        scale = 1.0 / cfg.train.accumulate
+        if cfg.train.chunk_size is None:
+            emb = model(to_device(batch.inputs, self.device))
+            losses = pair_losses(emb, batch, pairs, cfg.loss.name, model, cfg.loss.tile_size)
+            (torch.stack(list(losses.values())).mean() * scale).backward()
+            return {k: v.detach() for k, v in losses.items()}
+        out: dict[str, Tensor] = {}
+
+        def loss_fn(emb: dict[str, Tensor]) -> Tensor:
+            losses = pair_losses(emb, batch, pairs, cfg.loss.name, model, cfg.loss.tile_size)
+            out.update({k: v.detach() for k, v in losses.items()})
+            return torch.stack(list(losses.values())).mean() * scale
+
+        gradcache_step(lambda c: model(to_device(c.inputs, self.device)), chunks, loss_fn)
+        return out
+
+    def _log_step(self, loss: Tensor, losses: dict[str, Tensor], grad_norm: float) -> None:
+        model = self.model
+        record: dict[str, float] = {
+            "epoch": self.state.epoch,
+            "train/loss": loss.item(),
+            "train/grad_norm": grad_norm,
+            "train/temperature": 1.0 / model.scale().item(),
+            "lr": float(self.schedule.get_last_lr()[0]),
+        }
+        record.update({f"train/loss_{k}": v.item() for k, v in losses.items()})
+        if model.bias is not None:
+            record["train/bias"] = model.bias.item()
+        self.logger.log(self.state.step, record)
 
     def _optimizer_step(self) -> float:
+        distributed.average_gradients([p for p in self.model.parameters() if p.requires_grad])
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.cfg.train.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
@@ -290,6 +338,8 @@ class Trainer:
         from modalign.eval.retrieval import evaluate_retrieval
 
         best = self.run_dir / "best.pt"
+        if not self.main:
+            return {}
         if best.exists():  # with train.epochs=0 the untrained weights are scored
             self.model.load_state_dict(load_checkpoint(best)["model"])
         metrics: dict[str, float] = {}
