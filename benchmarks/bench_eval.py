@@ -3,6 +3,10 @@
 Each (method, size) runs in a fresh process, so its peak resident set is its own. One JSON line is
 printed per configuration, then one per size with the time and memory ratios (peer / modalign).
 
+The peer is installed without its dependencies, because its wheel asks for torchvision and
+open_clip (which do not fit the pinned CPU torch) while its retrieval module needs only torch and
+tqdm: ``pip install --no-deps clip-benchmark``.
+
 Usage:
     python benchmarks/bench_eval.py                      # 2,000 .. 20,000 at D=256, both methods
     python benchmarks/bench_eval.py --sizes 200000 --methods modalign   # the scale target
