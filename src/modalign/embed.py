@@ -49,6 +49,9 @@ from modalign.io import atomic_path
 
 log = logging.getLogger(__name__)
 
+#: ``skipped`` reason of items whose file could not be read (with ``skip_unreadable=True``).
+UNREADABLE = "unreadable"
+
 
 @dataclass(frozen=True)
 class EmbedResult:
@@ -91,7 +94,11 @@ class FeatureCache:
             try:
                 with np.load(shard, allow_pickle=False) as data:
                     rows.update(zip(data["keys"].tolist(), data["features"], strict=True))
-            except (OSError, ValueError, KeyError) as err:  # only a foreign or damaged file gets here
+            except (
+                OSError,
+                ValueError,
+                KeyError,
+            ) as err:  # only a foreign or damaged file gets here
                 log.warning("%s: ignoring unreadable cache shard (%s)", shard, err)
         return rows
 
@@ -99,7 +106,9 @@ class FeatureCache:
         """Add one shard atomically (a kill leaves a ``.tmp`` file, never a partial shard)."""
         name = f"shard-{time.time_ns():020d}-{os.getpid()}.npz"
         with atomic_path(self.folder / name) as tmp, open(tmp, "wb") as f:
-            np.savez(f, keys=np.asarray(keys, dtype=str), features=np.asarray(features, dtype=np.float32))
+            np.savez(
+                f, keys=np.asarray(keys, dtype=str), features=np.asarray(features, dtype=np.float32)
+            )
 
 
 class _LoadDataset(torch.utils.data.Dataset[tuple[int, Any]]):
@@ -116,6 +125,10 @@ class _LoadDataset(torch.utils.data.Dataset[tuple[int, Any]]):
             return i, self.encoder.load(self.sources[i])
         except ItemSkipped as skip:
             return i, skip
+        except (
+            DataError
+        ) as err:  # re-raised (or counted) by the main process, without a worker traceback
+            return i, ItemSkipped(UNREADABLE, str(err))
 
 
 class _Collate:
@@ -124,9 +137,11 @@ class _Collate:
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
 
-    def __call__(self, items: Sequence[tuple[int, Any]]) -> tuple[list[int], list[tuple[int, str]], Any]:
+    def __call__(
+        self, items: Sequence[tuple[int, Any]]
+    ) -> tuple[list[int], list[tuple[int, ItemSkipped]], Any]:
         ok = [(i, x) for i, x in items if not isinstance(x, ItemSkipped)]
-        skipped = [(i, x.reason) for i, x in items if isinstance(x, ItemSkipped)]
+        skipped = [(i, x) for i, x in items if isinstance(x, ItemSkipped)]
         batch = self.encoder.collate([x for _, x in ok]) if ok else None
         return [i for i, _ in ok], skipped, batch
 
@@ -135,7 +150,9 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)  # loaders decode; the main process's threads run the model
 
 
-def item_keys(cells: Sequence[str], encoder: Encoder, resolve: Callable[[str], Path]) -> tuple[list[str], list[str]]:
+def item_keys(
+    cells: Sequence[str], encoder: Encoder, resolve: Callable[[str], Path]
+) -> tuple[list[str], list[str]]:
     """Sources to load and cache keys: file cells by resolved path + size + mtime, texts by text."""
     if not encoder.reads_files:
         return list(cells), [_digest("text\0" + c) for c in cells]
@@ -160,6 +177,7 @@ def embed_cells(
     num_workers: int | None = None,
     shard_size: int = 256,
     progress: bool = True,
+    skip_unreadable: bool = False,
 ) -> tuple[list[str], np.ndarray, int, dict[str, int]]:
     """Features of distinct ``cells`` through the cache: (ids kept, (N, D) rows, n_cached, skipped)."""
     sources, keys = item_keys(cells, encoder, resolve)
@@ -168,7 +186,11 @@ def embed_cells(
     n_cached = len(cells) - len(todo)
     skipped: dict[str, int] = {}
     if todo:
-        workers = (min(2, os.cpu_count() or 1) if encoder.reads_files else 0) if num_workers is None else num_workers
+        workers = (
+            (min(2, os.cpu_count() or 1) if encoder.reads_files else 0)
+            if num_workers is None
+            else num_workers
+        )
         loader = torch.utils.data.DataLoader(
             _LoadDataset(encoder, [sources[i] for i in todo]),
             batch_size=batch_size,
@@ -178,11 +200,19 @@ def embed_cells(
         )
         pending_keys: list[str] = []
         pending_rows: list[np.ndarray] = []
-        bar = tqdm(total=len(todo), desc=f"embed {encoder.modality}", unit="item", disable=not progress)
+        bar = tqdm(
+            total=len(todo), desc=f"embed {encoder.modality}", unit="item", disable=not progress
+        )
         encoder.eval()
         for positions, skips, batch in loader:
-            for _, reason in skips:
-                skipped[reason] = skipped.get(reason, 0) + 1
+            for _, skip in skips:
+                if skip.reason == UNREADABLE and not skip_unreadable:
+                    raise DataError(
+                        f"{skip} (skip such items with skip_unreadable=True / --skip-unreadable)"
+                    )
+                if skip.reason == UNREADABLE:
+                    log.warning("skipping %s", skip)
+                skipped[skip.reason] = skipped.get(skip.reason, 0) + 1
             if batch is not None:
                 with torch.inference_mode():
                     feats = encoder(batch).float().cpu().numpy()  # (B, D)
@@ -198,7 +228,11 @@ def embed_cells(
             cache.write(pending_keys, np.stack(pending_rows))
             rows.update(zip(pending_keys, pending_rows, strict=True))
     kept = [i for i, k in enumerate(keys) if k in rows]
-    array = np.stack([rows[keys[i]] for i in kept]) if kept else np.zeros((0, encoder.output_dim), np.float32)
+    array = (
+        np.stack([rows[keys[i]] for i in kept])
+        if kept
+        else np.zeros((0, encoder.output_dim), np.float32)
+    )
     return [cells[i] for i in kept], array, n_cached, skipped
 
 
@@ -211,6 +245,7 @@ def embed_manifest(
     num_workers: int | None = None,
     shard_size: int = 256,
     progress: bool = True,
+    skip_unreadable: bool = False,
 ) -> dict[str, EmbedResult]:
     """Embed every modality of ``encoders`` over the manifest into the feature store ``out[modality]``.
 
@@ -223,6 +258,8 @@ def embed_manifest(
             file-reading encoders on a machine with 2+ cores, 0 for inline texts).
         shard_size: items per cache shard (how much work a kill can lose).
         progress: show a tqdm progress bar per modality.
+        skip_unreadable: leave out (and count) files that cannot be decoded, instead of raising
+            the ``DataError`` that names the first one.
 
     Returns:
         modality -> ``EmbedResult`` (path, counts, skipped items by reason, seconds).
@@ -230,7 +267,11 @@ def embed_manifest(
     missing = [m for m in encoders if m not in out]
     if missing:
         raise ConfigError(f"no output feature file for modality {missing[0]!r}")
-    root = Path(cache_dir) if cache_dir is not None else Path(next(iter(out.values()))).parent / "cache"
+    root = (
+        Path(cache_dir)
+        if cache_dir is not None
+        else Path(next(iter(out.values()))).parent / "cache"
+    )
     results: dict[str, EmbedResult] = {}
     for modality, encoder in encoders.items():
         _check_encoder(modality, encoder, manifest)
@@ -239,14 +280,28 @@ def embed_manifest(
         key = encoder.cache_key()
         cache = FeatureCache(root / modality / _digest(key)[:16], key)
         ids, array, n_cached, skipped = embed_cells(
-            cells, encoder, cache, manifest.resolve, batch_size, num_workers, shard_size, progress
+            cells,
+            encoder,
+            cache,
+            manifest.resolve,
+            batch_size,
+            num_workers,
+            shard_size,
+            progress,
+            skip_unreadable,
         )
         path = Path(out[modality])
         write_features(path, ids, array)
         if skipped:
             log.warning("%s: skipped %d item(s): %s", modality, sum(skipped.values()), skipped)
         results[modality] = EmbedResult(
-            modality, path, len(ids), n_cached, len(ids) - n_cached, skipped, time.perf_counter() - start
+            modality,
+            path,
+            len(ids),
+            n_cached,
+            len(ids) - n_cached,
+            skipped,
+            time.perf_counter() - start,
         )
     return results
 
@@ -255,7 +310,9 @@ def _check_encoder(modality: str, encoder: Encoder, manifest: Manifest) -> None:
     if modality not in manifest.cells:
         raise DataError(f"{manifest.path}: no column {modality!r} to embed")
     if encoder.input_kind != "raw":
-        raise ConfigError(f"encoder for {modality!r} reads features, not raw items: nothing to embed")
+        raise ConfigError(
+            f"encoder for {modality!r} reads features, not raw items: nothing to embed"
+        )
     if not encoder.frozen:
         raise ConfigError(
             f"encoder {type(encoder).__name__} for {modality!r} is trainable (frozen: false): its features "

@@ -79,7 +79,12 @@ def scan_stamps(root: Path, include_svg: bool = True) -> list[dict[str, str | No
         caption = read_caption(txt) if txt in files else None
         if image is None and caption is None:
             continue
-        sound = first(*(stem.parent / f"{stem.name}{tail}" for tail in (".ogg", ".wav", "_en_GB.ogg", "_en.ogg")))
+        sound = first(
+            *(
+                stem.parent / f"{stem.name}{tail}"
+                for tail in (".ogg", ".wav", "_en_GB.ogg", "_en.ogg")
+            )
+        )
         desc = first(*(stem.parent / f"{stem.name}_desc{tail}" for tail in (".ogg", ".wav")))
         rows.append(
             {
@@ -95,7 +100,10 @@ def scan_stamps(root: Path, include_svg: bool = True) -> list[dict[str, str | No
 
 def split_of(key: str, seed: int) -> str:
     """``train``/``val``/``test`` from a hash of (seed, key), fractions 0.8/0.1/0.1."""
-    u = int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big") / 2.0**64
+    u = (
+        int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big")
+        / 2.0**64
+    )
     edge = 0.0
     for name, fraction in SPLIT_FRACTIONS:
         edge += fraction
@@ -105,7 +113,10 @@ def split_of(key: str, seed: int) -> str:
 
 
 def build_tuxpaint_manifest(
-    out_path: str | Path, root: str | Path = DEFAULT_ROOT, seed: int = 0, include_svg: bool | None = None
+    out_path: str | Path,
+    root: str | Path = DEFAULT_ROOT,
+    seed: int = 0,
+    include_svg: bool | None = None,
 ) -> Path:
     """Scan the Tux Paint stamps and write a manifest (``.csv`` or ``.jsonl``, by suffix).
 
@@ -128,18 +139,30 @@ def build_tuxpaint_manifest(
         raise DataError(f"{root}: no stamps found; reinstall them with: {INSTALL_HINT}")
     for row in rows:
         # stamps with one caption are one group; a stamp without caption is its own group
-        row["group"] = "caption:" + row["caption"].lower() if row["caption"] else "stamp:" + str(row["id"])
+        row["group"] = (
+            "caption:" + row["caption"].lower() if row["caption"] else "stamp:" + str(row["id"])
+        )
         row["split"] = split_of(str(row["group"]), seed)
     _write_rows(out_path, rows)
     counts = {m: sum(r[m] is not None for r in rows) for m in MODALITIES}
-    log.info("tuxpaint: %d stamps, %s, splits %s", len(rows), counts, dict(Counter(r["split"] for r in rows)))
+    log.info(
+        "tuxpaint: %d stamps, %s, splits %s",
+        len(rows),
+        counts,
+        dict(Counter(r["split"] for r in rows)),
+    )
     return out_path
 
 
 def _write_rows(path: Path, rows: list[dict[str, str | None]]) -> None:
     columns = ["id", *MODALITIES, "group", "split"]
     if path.suffix == ".jsonl":
-        write_atomic(path, lambda f: f.writelines(json.dumps({c: r[c] for c in columns}, ensure_ascii=False) + "\n" for r in rows))
+        write_atomic(
+            path,
+            lambda f: f.writelines(
+                json.dumps({c: r[c] for c in columns}, ensure_ascii=False) + "\n" for r in rows
+            ),
+        )
         return
     if path.suffix != ".csv":
         raise DataError(f"{path}: the tuxpaint manifest is written as .csv or .jsonl")

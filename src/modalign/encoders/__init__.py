@@ -1,6 +1,6 @@
 """Encoders: the registry, the base class and the built-ins (imported here so they register)."""
 
-from modalign.encoders import features
+from modalign.encoders import audio, features, image, text
 from modalign.encoders.base import ENCODERS, Encoder, build_encoder
 
-__all__ = ["ENCODERS", "Encoder", "build_encoder", "features"]
+__all__ = ["ENCODERS", "Encoder", "audio", "build_encoder", "features", "image", "text"]

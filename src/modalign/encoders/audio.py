@@ -49,10 +49,14 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
     f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
     min_log_mel = min_log_hz / f_sp
-    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+    return np.where(
+        mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel
+    )
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
+def mel_filterbank(
+    n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None
+) -> torch.Tensor:
     """Triangular mel filters, Slaney-normalised (each has unit area in Hz): (n_fft // 2 + 1, n_mels).
 
     Example:
@@ -90,12 +94,22 @@ class LogMelSpectrogram(nn.Module):
     ) -> None:
         super().__init__()
         self.n_fft, self.hop_length, self.eps = n_fft, hop_length, eps
+        self.window: torch.Tensor
+        self.filters: torch.Tensor
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
-        self.register_buffer("filters", mel_filterbank(n_fft, n_mels, sample_rate, f_min, f_max), persistent=False)
+        self.register_buffer(
+            "filters", mel_filterbank(n_fft, n_mels, sample_rate, f_min, f_max), persistent=False
+        )
 
     def power(self, wave: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, F, frames)
         spec = torch.stft(
-            wave.float(), self.n_fft, self.hop_length, window=self.window, center=True, pad_mode="constant", return_complex=True
+            wave.float(),
+            self.n_fft,
+            self.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
         )
         return spec.real.square() + spec.imag.square()
 
@@ -115,7 +129,9 @@ def resample(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     if importlib.util.find_spec("soxr") is not None:
         import soxr
 
-        return np.asarray(soxr.resample(wave, orig_rate, target_rate, quality="HQ"), dtype=np.float32)
+        return np.asarray(
+            soxr.resample(wave, orig_rate, target_rate, quality="HQ"), dtype=np.float32
+        )
     from scipy.signal import resample_poly
 
     g = math.gcd(orig_rate, target_rate)
@@ -130,7 +146,7 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
     except (RuntimeError, sf.LibsndfileError) as err:
         raise DataError(f"{path}: cannot decode audio ({err})") from None
     if max_seconds is not None:  # crop before resampling: long files cost nothing extra
-        data = data[: int(math.ceil(max_seconds * rate))]
+        data = data[: math.ceil(max_seconds * rate)]
     wave = resample(np.ascontiguousarray(data.mean(axis=1)), int(rate), sample_rate)
     if max_seconds is not None:
         wave = wave[: int(max_seconds * sample_rate)]
@@ -148,9 +164,21 @@ class AudioFileEncoder(Encoder):
     input_kind = "raw"
     reads_files = True
 
-    def __init__(self, modality: str, output_dim: int, frozen: bool, sample_rate: int, max_seconds: float, n_mels: int) -> None:
+    def __init__(
+        self,
+        modality: str,
+        output_dim: int,
+        frozen: bool,
+        sample_rate: int,
+        max_seconds: float,
+        n_mels: int,
+    ) -> None:
         super().__init__(modality, output_dim, frozen=frozen)
-        self.sample_rate, self.max_seconds, self.n_mels = int(sample_rate), float(max_seconds), int(n_mels)
+        self.sample_rate, self.max_seconds, self.n_mels = (
+            int(sample_rate),
+            float(max_seconds),
+            int(n_mels),
+        )
         self.front = LogMelSpectrogram(sample_rate=self.sample_rate, n_mels=self.n_mels)
 
     def load(self, cell: str) -> torch.Tensor:
@@ -168,7 +196,9 @@ class AudioFileEncoder(Encoder):
         device = self.front.filters.device
         logmel = self.front(batch["wave"].to(device))
         valid = self.front.frames(batch["lengths"].to(device))  # (B,)
-        mask = torch.arange(logmel.shape[-1], device=device)[None, :] < valid[:, None]  # (B, frames)
+        mask = (
+            torch.arange(logmel.shape[-1], device=device)[None, :] < valid[:, None]
+        )  # (B, frames)
         return logmel, mask[:, None, :].float()
 
     def _prep_key(self) -> str:
@@ -195,7 +225,12 @@ class LogMelStatsEncoder(AudioFileEncoder):
     """
 
     def __init__(
-        self, modality: str, input_dim: int | None = None, sample_rate: int = 16000, n_mels: int = 64, max_seconds: float = 10.0
+        self,
+        modality: str,
+        input_dim: int | None = None,
+        sample_rate: int = 16000,
+        n_mels: int = 64,
+        max_seconds: float = 10.0,
     ) -> None:
         super().__init__(modality, 2 * n_mels, True, sample_rate, max_seconds, n_mels)
 
@@ -237,7 +272,9 @@ class ConvAudioEncoder(AudioFileEncoder):
         blocks: list[nn.Module] = []
         width = n_mels
         for out in channels:
-            blocks.append(nn.Sequential(nn.Conv1d(width, out, 3, padding=1), nn.BatchNorm1d(out), nn.GELU()))
+            blocks.append(
+                nn.Sequential(nn.Conv1d(width, out, 3, padding=1), nn.BatchNorm1d(out), nn.GELU())
+            )
             width = out
         self.blocks = nn.ModuleList(blocks)
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * width, output_dim))

@@ -45,7 +45,9 @@ def hash_files(paths: Iterable[Path]) -> str:
     digest = hashlib.blake2b(digest_size=8)
     for path in sorted(Path(p) for p in paths):
         stat = path.stat()
-        digest.update(f"{path.name}:{_hash_one(str(path), stat.st_size, stat.st_mtime_ns)};".encode())
+        digest.update(
+            f"{path.name}:{_hash_one(str(path), stat.st_size, stat.st_mtime_ns)};".encode()
+        )
     return digest.hexdigest()
 
 

@@ -67,6 +67,8 @@ class SentenceTransformerEncoder(Encoder):
             st.max_seq_length = int(max_length)
         dim = st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension") else None
         dim = dim or st.get_sentence_embedding_dimension()
+        if dim is None:
+            raise ConfigError(f"text encoder: {folder} does not say its embedding width")
         super().__init__(modality, int(dim), frozen=frozen)
         self.model = st
         self.normalize = normalize
