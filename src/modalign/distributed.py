@@ -13,6 +13,21 @@ tensor is summed over processes and each process keeps its own slice. A loss tha
 rows against gathered columns needs this to be exact, because the columns' gradients are
 computed on the processes that own the rows.
 
+Running on several processes, machines or GPUs (the same code; only the launch differs)::
+
+    # one CPU machine, two processes (gloo), as the tests do
+    torchrun --nproc-per-node=2 -m modalign train CONFIG.yaml
+    # two machines with 8 GPUs each (NCCL): run on every machine, with its own --node-rank
+    torchrun --nnodes=2 --nproc-per-node=8 --node-rank=0 \
+        --rdzv-backend=c10d --rdzv-endpoint=HOST0:29500 -m modalign train CONFIG.yaml
+
+:func:`init_from_env` then picks NCCL and the GPU ``LOCAL_RANK``. Each process embeds its own
+share of the batch; the loss engine gathers the other processes' columns (with gradient) and
+each process computes its rows against all columns, so the per-process loss work and memory
+fall as ``1 / world_size``. Parameter gradients are averaged over processes, by DDP or by
+:func:`average_gradients`. Every process must call the engine for the same modality pairs in the
+same order (collectives), even when it holds no rows for a pair.
+
 References:
     sentence-transformers, ``sentence_transformers/util/distributed.py`` (all_gather with grad).
     open_clip, ``open_clip/loss.py`` (``gather_features``).

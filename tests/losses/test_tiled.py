@@ -147,3 +147,12 @@ def test_make_positives_counts() -> None:
         make_positives(3, slice(0, 3), 3, rows[:3], None)
     with pytest.raises(ValueError, match="equal batch sizes"):
         make_positives(3, slice(0, 4), 4)
+
+
+def test_empty_batch_gives_zero_loss_and_gradients() -> None:
+    x = torch.zeros(0, 4, requires_grad=True)
+    s = torch.tensor(2.0, requires_grad=True)
+    for name in ("infonce", "siglip"):
+        loss = pair_loss(name, x, x, s, torch.tensor(0.0))
+        loss.backward()
+        assert loss.item() == 0.0 and s.grad is not None and s.grad.item() == 0.0

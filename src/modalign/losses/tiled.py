@@ -471,7 +471,7 @@ class _SigLIPBlock(torch.autograd.Function):
         # -log sigmoid(z l) = softplus(l) - [z = +1] l: the positives are a linear correction.
         n_pos = pos.row_pos.sum(dtype=torch.float64)
         pos_logits = s * _rowdot(x, sy).sum(dtype=torch.float64) + b * n_pos
-        factor = world / pos.n_rows
+        factor = world / max(pos.n_rows, 1)  # an empty global batch has loss 0
         value = (factor * (total - pos_logits)).to(x.dtype)
         ctx.grads = None
         if gx is not None and gy is not None and gb is not None:
