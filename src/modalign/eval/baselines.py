@@ -216,7 +216,7 @@ def _choose(
             return maps
         emb = EmbeddingSet(
             _embed(features, maps, rows),
-            [ids[i] for i in rows],
+            [ids[int(i)] for i in rows],
             None if groups is None else groups[rows],
         )
         scores = [
