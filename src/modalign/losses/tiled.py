@@ -13,7 +13,9 @@ Maths tricks used below, each explained where it is used:
 
 * **Positives without a mask.** The positive part of either loss is linear in the logits, so it
   is ``scale * sum_i a_i <x_i, S_{g_i}>`` with ``S_g = sum of the y rows in group g`` (a segment
-  sum, O(B * D)). The tile passes only see the dense, mask-free part.
+  sum, O(B * D)); the tile passes only see the dense, mask-free part. For paired rows (no
+  groups) the positives sit on one diagonal, and their gradient is subtracted inside the tile
+  (``_sub_diagonal_``) so that a nearly one-hot softmax does not cancel in fp32.
 * **Running log-sum-exp.** Each tile updates the row and column log-sum-exp with
   ``logaddexp(running, tile)``, shifting by the tile's own maxima so nothing overflows.
 * **One recomputed tile feeds both directions.** ``d loss / d logits`` is
@@ -36,7 +38,9 @@ References:
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_TILE = 2048
-"""Tile side. 2048 x 2048 fp32 is 16 MiB, which stays in a 32 MiB L3 cache while being large
-enough for matrix multiplies to run near peak; see ``benchmarks/bench_loss.py --tiles``."""
+DEFAULT_TILE = 1024
+"""Tile side. Each worker thread holds two 1024 x 1024 fp32 tiles (8 MiB), so two workers stay in
+a 32 MiB L3 cache, and a (1024, 512) x (512, 1024) product still runs near the core's peak;
+see ``benchmarks/bench_loss.py --tile``."""
 
 LseReducer = Callable[[Tensor], Tensor]
 
@@ -209,6 +214,61 @@ def _exp_(t: Tensor) -> Tensor:
     return torch.sigmoid(t, out=t)
 
 
+class _Scratch:
+    """One worker's two tile buffers."""
+
+    def __init__(self, x: Tensor, y: Tensor, tile: int) -> None:
+        self.a, self.b = _buffer(x, y, tile), _buffer(x, y, tile)
+
+
+RowBody = Callable[[_Scratch, int, int, list[tuple[int, int]]], None]
+
+
+def _run_row_blocks(x: Tensor, y: Tensor, tile: int, body: RowBody) -> None:
+    """``body(scratch, r0, r1, col_spans)`` for every block of ``tile`` rows, on worker threads.
+
+    Each of ``torch.get_num_threads()`` Python threads runs one intra-op thread and pulls the
+    next row block when it is done: no barrier after every tile operation, so a core taken by
+    another process slows one worker, not both (on a shared 2-core machine this is about 1.5x
+    faster than two OpenMP threads per operation). Row block k visits the column tiles starting at
+    k, so workers rarely meet on the same column block (they lock it to accumulate into it) and
+    paired rows see their diagonal tile first.
+    """
+    rows, cols = _spans(x.shape[0], tile), _spans(y.shape[0], tile)
+    # On a GPU the kernels are asynchronous already: one thread feeds the stream. Workers add
+    # into shared column blocks in whatever order they reach them, so sums may differ in the last
+    # bit from run to run; torch.use_deterministic_algorithms(True) asks for one worker.
+    serial = x.is_cuda or torch.are_deterministic_algorithms_enabled()
+    workers = 1 if serial else min(torch.get_num_threads(), len(rows))
+    jobs = iter(enumerate(rows))
+    take = threading.Lock()
+
+    def work() -> None:
+        scratch = _Scratch(x, y, tile)
+        with torch.no_grad():  # grad mode is per thread; out= ops must not record
+            while True:
+                with take:
+                    k, (r0, r1) = next(jobs, (-1, (0, 0)))
+                if k < 0:
+                    return
+                body(scratch, r0, r1, cols[k % len(cols) :] + cols[: k % len(cols)])
+
+    if workers <= 1:
+        return work()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for f in [pool.submit(work) for _ in range(workers)]:
+                f.result()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _col_locks(y: Tensor, tile: int) -> dict[int, threading.Lock]:
+    return {c0: threading.Lock() for c0, _ in _spans(y.shape[0], tile)}
+
+
 def lse_pass(x: Tensor, y: Tensor, scale: float, tile: int) -> tuple[Tensor, Tensor]:
     """Row and column log-sum-exp of ``scale * x @ y.T``, one tile at a time.
 
@@ -226,17 +286,21 @@ def lse_pass(x: Tensor, y: Tensor, scale: float, tile: int) -> tuple[Tensor, Ten
     """
     row = x.new_full((x.shape[0],), -math.inf)
     col = x.new_full((y.shape[0],), -math.inf)
-    buf, tmp, c = _buffer(x, y, tile), _buffer(x, y, tile), _shift(x.dtype)
-    for r0, r1 in _spans(x.shape[0], tile):
-        for c0, c1 in _spans(y.shape[0], tile):
-            logits = _logits_(_view(buf, r1 - r0, c1 - c0), x[r0:r1], y[c0:c1], scale)
+    c, locks = _shift(x.dtype), _col_locks(y, tile)
+
+    def body(sc: _Scratch, r0: int, r1: int, col_spans: list[tuple[int, int]]) -> None:
+        for c0, c1 in col_spans:
+            logits = _logits_(_view(sc.a, r1 - r0, c1 - c0), x[r0:r1], y[c0:c1], scale)
             # Shift by the tile's own maxima: every exponent is <= 0, the largest term is 1.
             rmax = logits.amax(1)  # (t,)
-            e = _exp_(torch.sub(logits, rmax[:, None] + c, out=_view(tmp, r1 - r0, c1 - c0)))
+            e = _exp_(torch.sub(logits, rmax[:, None] + c, out=_view(sc.b, r1 - r0, c1 - c0)))
             row[r0:r1] = torch.logaddexp(row[r0:r1], rmax + c + e.sum(1).log())
             cmax = logits.amax(0)  # (t',)
-            e = _exp_(logits.sub_(cmax[None, :] + c))
-            col[c0:c1] = torch.logaddexp(col[c0:c1], cmax + c + e.sum(0).log())
+            tile_lse = cmax + c + _exp_(logits.sub_(cmax[None, :] + c)).sum(0).log()
+            with locks[c0]:
+                col[c0:c1] = torch.logaddexp(col[c0:c1], tile_lse)
+
+    _run_row_blocks(x, y, tile, body)
     return row, col
 
 
@@ -285,19 +349,23 @@ def softmax_grad_pass(
         ``(gx (n, D), gy (m, D))``.
     """
     gx, gy = torch.zeros_like(x), torch.zeros_like(y)
-    buf, tmp, c = _buffer(x, y, tile), _buffer(x, y, tile), _shift(x.dtype)
+    c, locks = _shift(x.dtype), _col_locks(y, tile)
     # Shifts are lse minus log weight >= max logit (weights <= 1), so exponents are <= 0.
     row_shift, col_shift = row_shift + c, col_shift + c
-    for r0, r1 in _spans(x.shape[0], tile):
-        for c0, c1 in _spans(y.shape[0], tile):
-            logits = _logits_(_view(buf, r1 - r0, c1 - c0), x[r0:r1], y[c0:c1], scale)
+
+    def body(sc: _Scratch, r0: int, r1: int, col_spans: list[tuple[int, int]]) -> None:
+        for c0, c1 in col_spans:
+            logits = _logits_(_view(sc.a, r1 - r0, c1 - c0), x[r0:r1], y[c0:c1], scale)
             p_row = _exp_(
-                torch.sub(logits, row_shift[r0:r1, None], out=_view(tmp, r1 - r0, c1 - c0))
+                torch.sub(logits, row_shift[r0:r1, None], out=_view(sc.b, r1 - r0, c1 - c0))
             )
             w = _exp_(logits.sub_(col_shift[None, c0:c1])).add_(p_row)  # (t, t') = W tile / e^c
             _sub_diagonal_(w, r0, c0, diag, math.exp(-c))
-            gx[r0:r1].addmm_(w, y[c0:c1])  # (t, D)
-            gy[c0:c1].addmm_(w.T, x[r0:r1])  # (t', D)
+            gx[r0:r1].addmm_(w, y[c0:c1])  # (t, D); this worker owns these rows
+            with locks[c0]:
+                gy[c0:c1].addmm_(w.T, x[r0:r1])  # (t', D)
+
+    _run_row_blocks(x, y, tile, body)
     return gx.mul_(math.exp(c)), gy.mul_(math.exp(c))
 
 
@@ -323,21 +391,27 @@ def softplus_pass(
     Returns:
         ``(value (0-d, float64), S @ y (n, D), S.T @ x (m, D), sum S (0-d))``; None without grad.
     """
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
     gx = torch.zeros_like(x) if need_grad else None
     gy = torch.zeros_like(y) if need_grad else None
-    gb = torch.zeros((), dtype=torch.float64, device=x.device)
-    buf = _buffer(x, y, tile)
-    for r0, r1 in _spans(x.shape[0], tile):
-        for c0, c1 in _spans(y.shape[0], tile):
-            z = _logits_(_view(buf, r1 - r0, c1 - c0), x[r0:r1], y[c0:c1], scale).add_(bias)
-            total += F.softplus(z).sum().double()  # fp32 cascade sum per tile
-            if gx is not None and gy is not None:
-                s = torch.sigmoid(z, out=z)  # (t, t')
-                _sub_diagonal_(s, r0, c0, diag, 1.0)
-                gb += s.sum().double()
-                gx[r0:r1].addmm_(s, y[c0:c1])
+    locks = _col_locks(y, tile)
+    sums: list[Tensor] = []  # per tile: [value, sum S]; list.append is atomic
+
+    def body(sc: _Scratch, r0: int, r1: int, col_spans: list[tuple[int, int]]) -> None:
+        for c0, c1 in col_spans:
+            z = _logits_(_view(sc.a, r1 - r0, c1 - c0), x[r0:r1], y[c0:c1], scale).add_(bias)
+            value = F.softplus(z).sum()  # fp32 cascade sum per tile
+            if gx is None or gy is None:
+                sums.append(torch.stack([value, torch.zeros_like(value)]))
+                continue
+            s = torch.sigmoid(z, out=z)  # (t, t')
+            _sub_diagonal_(s, r0, c0, diag, 1.0)
+            sums.append(torch.stack([value, s.sum()]))
+            gx[r0:r1].addmm_(s, y[c0:c1])
+            with locks[c0]:
                 gy[c0:c1].addmm_(s.T, x[r0:r1])
+
+    _run_row_blocks(x, y, tile, body)
+    total, gb = torch.stack(sums).double().sum(0) if sums else x.new_zeros(2, dtype=torch.float64)
     return total, gx, gy, (gb if need_grad else None)
 
 
