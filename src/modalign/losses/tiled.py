@@ -27,6 +27,10 @@ Maths tricks used below, each explained where it is used:
   the lower bound) and the backward pass only rescales them.
 * **d loss / d scale for free.** ``sum_ij W_ij <x_i, y_j> = sum_i <x_i, (W @ y)_i>``: the scale's
   gradient is a dot product with the already accumulated ``W @ y``.
+* **exp through sigmoid.** ``exp(t) = e^c sigmoid(t - c)`` to fp32 rounding for ``t <= 0``, and
+  torch's sigmoid is the faster kernel (:func:`_shift`).
+* **No barrier per operation.** Row blocks go to worker threads with one intra-op thread each
+  (:func:`_run_row_blocks`), so a core lost to another process stalls one worker, not all.
 
 References:
     Milakov and Gimelshein, 2018, "Online normalizer calculation for softmax" (running lse).
