@@ -18,17 +18,14 @@ import numpy as np
 from modalign.config import Config, load_config
 from modalign.data.manifest import read_manifest
 from modalign.data.tuxpaint import DEFAULT_ROOT, build_tuxpaint_manifest
+from modalign.embeddings import EmbeddingSet
 from modalign.encoders import build_encoder
+from modalign.eval.report import RetrievalExample, Section
 from modalign.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 CONFIG = Path(__file__).parent / "configs" / "tuxpaint.yaml"
-ENCODERS = {
-    "image": ("efficientnet_lite0", {}),
-    "caption": ("sentence_transformer", {}),
-    "sound": ("audio_logmel_stats", {}),
-}
 
 
 @dataclass(frozen=True)
@@ -60,9 +57,9 @@ def run_demo(
     manifest_path = build_tuxpaint_manifest(out / "tuxpaint.csv", root)
     if limit:
         _truncate_manifest(manifest_path, limit)
-    features = embed_features(manifest_path, out / "features", cache or default_cache())
+    cfg = demo_config(manifest_path, out / "features", smoke)
+    embed_features(cfg, cache or default_cache())
     seconds["embed"] = time.perf_counter() - start
-    cfg = demo_config(manifest_path, features, smoke)
     run_dir = out / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -87,14 +84,15 @@ def _truncate_manifest(path: Path, limit: int) -> None:
     frame.iloc[:limit].to_csv(path, index=False)
 
 
-def embed_features(manifest_path: Path, folder: Path, cache: Path) -> dict[str, Path]:
-    """Embed each demo modality into ``folder/<modality>.npy`` through the shared cache."""
+def embed_features(cfg: Config, cache: Path) -> None:
+    """Run the config's frozen encoders into its ``data.features`` files, through the cache."""
     from modalign.embed import embed_manifest
 
-    manifest = read_manifest(manifest_path, list(ENCODERS))
-    encoders = {m: build_encoder(name, m, None, dict(opts)) for m, (name, opts) in ENCODERS.items()}
-    out = {m: folder / f"{m}.npy" for m in ENCODERS}
-    results = embed_manifest(manifest, encoders, out, cache_dir=cache / "embed")
+    manifest = read_manifest(cfg.data.manifest, list(cfg.data.modalities))
+    encoders = {
+        m: build_encoder(e.name, m, None, dict(e.options)) for m, e in cfg.model.encoders.items()
+    }
+    results = embed_manifest(manifest, encoders, cfg.data.features, cache_dir=cache / "embed")
     for m, r in results.items():
         log.info(
             "%s: %d items (%d from cache) in %.1fs; skipped %s",
@@ -104,13 +102,13 @@ def embed_features(manifest_path: Path, folder: Path, cache: Path) -> dict[str, 
             r.seconds,
             r.skipped or "none",
         )
-    return out
 
 
-def demo_config(manifest_path: Path, features: dict[str, Path], smoke: bool) -> Config:
+def demo_config(manifest_path: Path, feature_dir: Path, smoke: bool) -> Config:
     """The packaged demo config with the data paths filled in (and a tiny setting for smoke runs)."""
+    modalities = load_config(CONFIG).data.modalities
     overrides = [f"data.manifest={manifest_path}"] + [
-        f"data.features.{m}={p}" for m, p in features.items()
+        f"data.features.{m}={feature_dir / (m + '.npy')}" for m in modalities
     ]
     if smoke:
         overrides += ["train.epochs=2", "train.warmup_steps=2", "data.min_rows=2"]
@@ -165,7 +163,7 @@ def write_demo_report(
     return path
 
 
-def baseline_section(metrics: dict[str, float], baselines: dict[str, dict[str, float]]):  # type: ignore[no-untyped-def]
+def baseline_section(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> Section:
     """Test R@1 of the trained model next to every baseline, per direction."""
     from modalign.eval import report as rp
 
@@ -191,10 +189,10 @@ def _thumbnail(path: Path, size: int = 96) -> np.ndarray | None:
     return np.asarray(image.convert("RGB"))
 
 
-def caption_to_image_examples(emb, run_dir: Path, n: int = 6, k: int = 5):  # type: ignore[no-untyped-def]
+def caption_to_image_examples(
+    emb: EmbeddingSet, run_dir: Path, n: int = 6, k: int = 5
+) -> list[RetrievalExample]:
     """A few caption queries with their top images, from the test split."""
-    from modalign.eval.report import RetrievalExample
-
     manifest = read_manifest(Path(load_config(run_dir / "config.yaml").data.manifest))
     row_of = {key: i for i, key in enumerate(manifest.ids)}
     cap, img = emb.embeddings["caption"], emb.embeddings["image"]

@@ -87,14 +87,26 @@ class Aligner(nn.Module):
         return {m: self.encode(m, x) for m, x in inputs.items()}
 
 
-def build_model(cfg: Config, input_dims: Mapping[str, int | None]) -> Aligner:
-    """Build the Aligner a config describes; ``input_dims`` gives each feature store's width."""
+def build_model(
+    cfg: Config,
+    input_dims: Mapping[str, int | None],
+    specs: Mapping[str, tuple[str, dict[str, Any]]] | None = None,
+) -> Aligner:
+    """Build the Aligner a config describes.
+
+    Args:
+        cfg: the run config. input_dims: modality -> feature-store width (None for raw encoders).
+        specs: modality -> (encoder name, options); default from ``cfg.model.encoders``.
+    """
     encoders: dict[str, Encoder] = {}
     heads: dict[str, nn.Module] = {}
     head_cls = HEADS.get(cfg.model.head.kind)
     for modality, input_dim in input_dims.items():
-        enc_cfg = cfg.model.encoders.get(modality)
-        name, options = (enc_cfg.name, enc_cfg.options) if enc_cfg else ("precomputed", {})
+        if specs is not None:
+            name, options = specs[modality]
+        else:
+            enc_cfg = cfg.model.encoders.get(modality)
+            name, options = (enc_cfg.name, enc_cfg.options) if enc_cfg else ("precomputed", {})
         encoder = build_encoder(name, modality, input_dim, dict(options))
         encoders[modality] = encoder
         heads[modality] = head_cls(

@@ -224,6 +224,8 @@ class LogMelStatsEncoder(AudioFileEncoder):
         torch.Size([2, 16])
     """
 
+    frozen_default = True
+
     def __init__(
         self,
         modality: str,

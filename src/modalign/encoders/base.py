@@ -42,6 +42,9 @@ class Encoder(nn.Module):
     input_kind: ClassVar[Literal["features", "raw"]] = "features"
     #: For raw encoders: cells are file paths, resolved against the manifest's folder before ``load``.
     reads_files: ClassVar[bool] = False
+    #: Whether instances are frozen when the options do not say (``frozen``); lets a config tell,
+    #: without loading weights, that a modality's features can come from a feature file.
+    frozen_default: ClassVar[bool] = False
 
     def __init__(self, modality: str, output_dim: int, frozen: bool = False) -> None:
         super().__init__()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 from modalign.config import Config
 from modalign.data.feature_store import FeatureStore
 from modalign.data.manifest import read_manifest
 from modalign.data.paired import PairedData, open_feature_stores
-from modalign.encoders import ENCODERS
+from modalign.encoders import ENCODERS, Encoder
 from modalign.errors import ConfigError
 from modalign.losses import LOSSES
 from modalign.model import Aligner, build_model
@@ -44,20 +46,41 @@ def build_parts(cfg: Config) -> RunParts:
             raise ConfigError(
                 f"model.encoders.{m}: no such modality (modalities: {', '.join(modalities)})"
             )
-    names = {
-        m: (cfg.model.encoders[m].name if m in cfg.model.encoders else "precomputed")
-        for m in modalities
+    specs = {m: encoder_spec(cfg, m) for m in modalities}
+    feature_kinds = {
+        m: ENCODERS.get(name).input_kind == "features" for m, (name, _) in specs.items()
     }
-    for m, name in names.items():
-        if name not in ENCODERS:
-            raise ConfigError(
-                f"model.encoders.{m}.name {name!r} is unknown; known: {', '.join(ENCODERS.names())}"
-            )
-    feature_kinds = {m: ENCODERS.get(name).input_kind == "features" for m, name in names.items()}
     stores = open_feature_stores(cfg.data, modalities, feature_kinds)
-    model = build_model(cfg, {m: (stores[m].dim if m in stores else None) for m in modalities})
+    dims = {m: (stores[m].dim if m in stores else None) for m in modalities}
+    model = build_model(cfg, dims, specs)
     data = PairedData(manifest, stores, dict(model.encoders.items()), cfg.data)  # type: ignore[arg-type]
     return RunParts(model, data, stores, resolve_pairs(cfg, modalities))
+
+
+def encoder_spec(cfg: Config, modality: str) -> tuple[str, dict[str, Any]]:
+    """The encoder (registry name, options) that training uses for ``modality``.
+
+    A frozen raw encoder (e.g. ``efficientnet_lite0``) whose modality also has a feature file in
+    ``data.features`` is replaced by ``precomputed``: ``modalign embed`` wrote its outputs there,
+    so training reads them instead of running the encoder every epoch. One config drives both.
+    """
+    enc = cfg.model.encoders.get(modality)
+    name, options = (enc.name, dict(enc.options)) if enc else ("precomputed", {})
+    if name not in ENCODERS:
+        raise ConfigError(
+            f"model.encoders.{modality}.name {name!r} is unknown; known: {', '.join(ENCODERS.names())}"
+        )
+    cls = ENCODERS.get(name)
+    if cls.input_kind == "raw" and modality in cfg.data.features and _is_frozen(cls, options):
+        return "precomputed", {}
+    return name, options
+
+
+def _is_frozen(cls: type[Encoder], options: dict[str, Any]) -> bool:
+    param = inspect.signature(cls).parameters.get("frozen")
+    if param is not None and param.default is not inspect.Parameter.empty:
+        return bool(options.get("frozen", param.default))
+    return bool(options.get("frozen", cls.frozen_default))
 
 
 def resolve_pairs(cfg: Config, modalities: list[str]) -> list[tuple[str, str]]:
