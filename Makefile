@@ -20,7 +20,11 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,encoders,faiss,bench]"
+	$(BIN)/pip install -q -e ".[dev,encoders]"
+	# peers the tests compare against; --no-deps because their wheels ask for torchvision, which
+	# does not fit this torch; the modules used (CLIP_benchmark's retrieval metric, open_clip's
+	# losses) need only torch
+	$(BIN)/pip install -q --no-deps clip-benchmark==1.6.2 open_clip_torch==3.3.0
 	touch $@
 
 install: $(BIN)/.installed

@@ -72,3 +72,25 @@ def test_user_mistakes_exit_non_zero_with_one_line(tmp_path: Path) -> None:
         and "config file not found" in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+def test_eval_of_a_run_whose_features_changed_width(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from modalign.data.feature_store import FeatureStore, write_features
+
+    cfg = synthetic_config(tmp_path / "data", n=300)
+    save_config(cfg, tmp_path / "c.yaml")
+    run = tmp_path / "run"
+    assert (
+        main(["train", str(tmp_path / "c.yaml"), "--out", str(run), "--set", "train.epochs=1"]) == 0
+    )
+    image = Path(cfg.data.features["image"])
+    store = FeatureStore.open(image)
+    write_features(image, store.ids, np.ones((len(store), store.dim + 3), np.float32))
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "best.pt: weights do not fit the model its config builds" in err[0]

@@ -76,13 +76,27 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[Config, Aligner, Paire
     if not ckpt_path.exists():
         ckpt_path = run_dir / "last.pt"
     state = load_checkpoint(ckpt_path)
-    try:
-        parts.model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise DataError(
-            f"{ckpt_path}: weights do not fit the model its config builds (feature dimensions changed?): {err}"
-        ) from None
+    _check_shapes(state["model"], parts.model.state_dict(), ckpt_path)
+    parts.model.load_state_dict(state["model"])
     return cfg, parts.model, parts.data
+
+
+def _check_shapes(
+    saved: dict[str, torch.Tensor], built: dict[str, torch.Tensor], path: Path
+) -> None:
+    """A one-line error naming the first parameter whose shape differs (features changed width?)."""
+    for name in sorted(saved.keys() | built.keys()):
+        if name not in saved or name not in built:
+            where = "checkpoint" if name in saved else "model"
+            raise DataError(
+                f"{path}: parameter {name!r} exists only in the {where}; the config builds another model"
+            )
+        if saved[name].shape != built[name].shape:
+            raise DataError(
+                f"{path}: weights do not fit the model its config builds: {name!r} has shape "
+                f"{tuple(saved[name].shape)} in the checkpoint but {tuple(built[name].shape)} now "
+                "(did a feature file change width?)"
+            )
 
 
 def embed_run(run_dir: Path, splits: Sequence[str] | None = None) -> dict[str, EmbeddingSet]:
