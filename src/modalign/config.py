@@ -38,11 +38,14 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Projection head from encoder features to the shared space."""
+    """Projection head from encoder features to the shared space (see ``modalign.heads``)."""
 
     kind: Literal["linear", "mlp"] = "mlp"
     hidden_dim: int = 1024
     dropout: float = 0.1
+    input_norm: Literal["layer", "batch", "none"] | None = (
+        None  # None: layer for mlp, none for linear
+    )
 
 
 @dataclass(frozen=True)

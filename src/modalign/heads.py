@@ -1,6 +1,18 @@
-"""Projection heads: encoder features -> the shared space (normalised by the model)."""
+"""Projection heads: encoder features -> the shared space (normalised by the model).
+
+Every head first normalises its input (``input_norm``):
+
+* ``layer``: LayerNorm over each row, which puts features from very different encoders on one
+  scale;
+* ``batch``: per-dimension standardisation with running statistics and no affine parameters
+  (BatchNorm1d, ``affine=False``), as used before linear probes in MAE (He et al., 2022); it
+  whitens each feature dimension, which is most of what classical CCA gets from whitening;
+* ``none``.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -8,10 +20,41 @@ from modalign.registry import Registry
 
 HEADS: Registry[type[nn.Module]] = Registry("head")
 
+InputNorm = Literal["layer", "batch", "none"]
+
+
+class Standardize(nn.BatchNorm1d):
+    """Per-dimension standardisation (BatchNorm1d without affine parameters).
+
+    A training batch of a single row (a rare modality) uses the running statistics instead of
+    failing. Its batch statistics are per process and per gradient-cache chunk, so with
+    ``input_norm="batch"`` gradient caching and several processes are close to, not exactly, one
+    full batch; ``layer`` normalisation has no such coupling between rows.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim, affine=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] < 2:
+            return nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, training=False, eps=self.eps
+            )
+        return super().forward(x)
+
+
+def make_input_norm(kind: InputNorm, dim: int) -> nn.Module:
+    """The input normalisation layer of a head."""
+    if kind == "layer":
+        return nn.LayerNorm(dim)
+    if kind == "batch":
+        return Standardize(dim)
+    return nn.Identity()
+
 
 @HEADS.register("linear")
 class LinearHead(nn.Module):
-    """A single linear map (CLIP's projection).
+    """Input normalisation, then a single linear map (CLIP's projection).
 
     Example:
         >>> import torch
@@ -20,24 +63,30 @@ class LinearHead(nn.Module):
     """
 
     def __init__(
-        self, input_dim: int, output_dim: int, hidden_dim: int = 0, dropout: float = 0.0
+        self,
+        input_dim: int,
+        output_dim: int,
+        hidden_dim: int = 0,
+        dropout: float = 0.0,
+        input_norm: InputNorm = "none",
     ) -> None:
         super().__init__()
-        del hidden_dim, dropout
+        del hidden_dim
         self.output_dim = output_dim
+        self.norm = make_input_norm(input_norm, input_dim)
+        self.drop = nn.Dropout(dropout)
         self.proj = nn.Linear(input_dim, output_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)
+        return self.proj(self.drop(self.norm(x)))
 
 
 @HEADS.register("mlp")
 class MLPHead(nn.Module):
-    """LayerNorm, Linear, GELU, Dropout, Linear, with a linear shortcut.
+    """Input normalisation, Linear, GELU, Dropout, Linear, with a linear shortcut.
 
-    The input LayerNorm puts features from very different encoders (pooled CNN activations,
-    sentence embeddings, log-mel statistics) on one scale; the shortcut keeps the linear solution
-    one step away, which matters when paired data is small.
+    The shortcut keeps the linear solution one step away, which matters when paired data is
+    small.
 
     Example:
         >>> import torch
@@ -46,11 +95,16 @@ class MLPHead(nn.Module):
     """
 
     def __init__(
-        self, input_dim: int, output_dim: int, hidden_dim: int = 1024, dropout: float = 0.1
+        self,
+        input_dim: int,
+        output_dim: int,
+        hidden_dim: int = 1024,
+        dropout: float = 0.1,
+        input_norm: InputNorm = "layer",
     ) -> None:
         super().__init__()
         self.output_dim = output_dim
-        self.norm = nn.LayerNorm(input_dim)
+        self.norm = make_input_norm(input_norm, input_dim)
         self.mlp = nn.Sequential(
             nn.Linear(input_dim, hidden_dim),
             nn.GELU(),

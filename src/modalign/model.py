@@ -114,6 +114,8 @@ def build_model(
             cfg.model.embed_dim,
             hidden_dim=cfg.model.head.hidden_dim,
             dropout=cfg.model.head.dropout,
+            input_norm=cfg.model.head.input_norm
+            or ("layer" if cfg.model.head.kind == "mlp" else "none"),
         )
     loss = cfg.loss.name
     temperature = cfg.loss.init_temperature or DEFAULT_TEMPERATURE.get(loss, 0.07)
