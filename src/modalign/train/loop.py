@@ -98,7 +98,8 @@ def make_optimizer(model: Aligner, cfg: Config) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+    # the fused kernel is several times faster than the per-tensor loop, on CPUs too
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)
 
 
 def make_schedule(
