@@ -55,6 +55,7 @@ WORKER = textwrap.dedent(
     (gathered * torch.arange(gathered.shape[0])[:, None]).sum().backward()
     out["gather"] = (gathered.detach(), t.grad)
     torch.save(out, sys.argv[1] + f"/rank{rank}.pt")
+    distributed.shutdown()
     """
 )
 

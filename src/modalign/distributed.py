@@ -101,6 +101,17 @@ def init_from_env(backend: str | None = None) -> bool:
     return is_distributed()
 
 
+def shutdown() -> None:
+    """Wait for every process, then destroy the process group (if one is running).
+
+    Exiting with a live gloo group lets its threads race the interpreter's teardown
+    ("terminate called without an active exception", SIGABRT); destroying it first is clean.
+    """
+    if _initialised():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _sizes(n: int, device: torch.device) -> list[int]:
     """First-dimension sizes of every process's shard (shards may differ, e.g. a last batch)."""
     mine = torch.tensor([n], dtype=torch.long, device=device)

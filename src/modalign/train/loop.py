@@ -358,4 +358,7 @@ class Trainer:
 
 def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, float]:
     """Train a run described by ``cfg`` into ``run_dir``; returns the final metrics."""
-    return Trainer(cfg, run_dir, resume).fit()
+    try:
+        return Trainer(cfg, run_dir, resume).fit()
+    finally:
+        distributed.shutdown()
