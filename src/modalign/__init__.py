@@ -1,7 +1,6 @@
 """modalign: multimodal embedding alignment.
 
-Train one embedding space shared by several modalities, measure how well it is aligned, and
-search across modalities in it.
+Train one embedding space shared by several modalities and measure how well it is aligned.
 """
 
 __version__ = "0.1.0"

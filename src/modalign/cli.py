@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered."""
     parser = argparse.ArgumentParser(
         prog="modalign",
-        description="Train, measure and serve one embedding space shared by several modalities.",
+        description="Train and measure one embedding space shared by several modalities.",
     )
     parser.add_argument("--version", action="version", version=f"modalign {__version__}")
     parser.add_argument(
