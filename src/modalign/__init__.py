@@ -1,8 +1,50 @@
 """modalign: multimodal embedding alignment.
 
 Train one embedding space shared by several modalities and measure how well it is aligned.
+
+The public API is imported lazily (PEP 562), so ``import modalign`` and ``modalign --version``
+stay fast; ``modalign.train`` and the rest load their modules on first use.
+
+Example:
+    >>> import modalign
+    >>> cfg = modalign.load_config(None, ["train.epochs=1"])
+    >>> cfg.train.epochs, "train" in modalign.__all__
+    (1, True)
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "Config": "modalign.config",
+    "load_config": "modalign.config",
+    "EmbeddingSet": "modalign.embeddings",
+    "Encoder": "modalign.encoders",
+    "ENCODERS": "modalign.encoders",
+    "LOSSES": "modalign.losses",
+    "Aligner": "modalign.model",
+    "train": "modalign.train.loop",
+    "embed_run": "modalign.train.inference",
+    "embed_manifest": "modalign.embed",
+    "read_manifest": "modalign.data.manifest",
+    "FeatureStore": "modalign.data.feature_store",
+    "write_features": "modalign.data.feature_store",
+    "evaluate_retrieval": "modalign.eval.retrieval",
+    "evaluate_split": "modalign.eval.suite",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'modalign' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
