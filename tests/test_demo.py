@@ -1,0 +1,94 @@
+"""The demo end to end with a tiny setting, on a stamps tree the test draws itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers", reason="the demo needs the encoders extra")
+sf = pytest.importorskip("soundfile")
+Image = pytest.importorskip("PIL.Image")
+ImageDraw = pytest.importorskip("PIL.ImageDraw")
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 60),
+    "blue": (40, 60, 220),
+    "yellow": (240, 220, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw_stamps(root: Path, copies: int = 5) -> Path:
+    """Coloured shapes with captions ("A red circle."); a tone whose pitch follows the colour."""
+    for c, (name, rgb) in enumerate(COLOURS.items()):
+        for shape in SHAPES:
+            for k in range(copies):
+                folder = root / shape
+                folder.mkdir(parents=True, exist_ok=True)
+                stem = folder / f"{name}-{shape}-{k}"
+                image = Image.new("RGBA", (64, 64), (255, 255, 255, 0))
+                pen = ImageDraw.Draw(image)
+                box = (8 + k, 8 + k, 56 - k, 56 - k)
+                if shape == "circle":
+                    pen.ellipse(box, fill=rgb)
+                elif shape == "square":
+                    pen.rectangle(box, fill=rgb)
+                else:
+                    pen.polygon([(32, 6 + k), (58 - k, 58 - k), (6 + k, 58 - k)], fill=rgb)
+                image.save(stem.with_suffix(".png"))
+                stem.with_suffix(".txt").write_text(
+                    f"A {name} {shape} number {k}.\n", encoding="utf-8"
+                )
+                if k % 2 == 0:
+                    t = np.arange(8000) / 16000
+                    sf.write(
+                        stem.with_suffix(".ogg"),
+                        np.sin(2 * np.pi * 220 * (c + 1) * t).astype(np.float32),
+                        16000,
+                    )
+    return root
+
+
+def test_demo_smoke_run_writes_metrics_baselines_and_report(tmp_path: Path) -> None:
+    from modalign.demo import run_demo
+
+    root = draw_stamps(tmp_path / "stamps")
+    result = run_demo(tmp_path / "out", root=root, cache=tmp_path / "cache", smoke=True)
+    run = tmp_path / "out" / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    baselines = json.loads((run / "baselines.json").read_text())
+    assert metrics == pytest.approx(result.metrics)
+    assert {
+        "test/image_to_caption/recall@1",
+        "test/caption_to_image/recall@1",
+        "test/sound_to_caption/recall@1",
+    } <= metrics.keys()
+    assert set(baselines) == {"random", "procrustes", "cca"}
+    for scores in baselines.values():
+        assert "test/image_to_caption/recall@1" in scores and set(scores) <= set(metrics)
+    html = (run / "report.html").read_text()
+    for part in (
+        "Training",
+        "Trained model vs baselines",
+        "Example retrievals",
+        "data:image/png;base64",
+    ):
+        assert part in html, part
+    assert json.loads((run / "timings.json").read_text()).keys() >= {
+        "embed",
+        "train",
+        "report",
+        "total",
+    }
+
+    cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    run_demo(
+        tmp_path / "out", root=root, cache=tmp_path / "cache", smoke=True
+    )  # warm: nothing re-embedded
+    assert {
+        p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()
+    } == cached
