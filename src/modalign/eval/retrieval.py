@@ -182,9 +182,14 @@ def retrieval_per_query(
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
     chunk = chunk_size or max(1, min(4096, (1 << 25) // max(1, g.shape[0])))
+    # One scores buffer and one comparison mask, reused by every chunk: fresh (chunk, N) tensors
+    # per chunk cost as much system time (page faults) as the matmuls themselves at N = 200,000.
+    work = _Workspace(min(chunk, q.shape[0]), g.shape[0])
     parts = [
         _chunk_stats(
-            _chunk_ranks(q[i : i + chunk], g_sorted, start[i : i + chunk], count[i : i + chunk]),
+            _chunk_ranks(
+                q[i : i + chunk], g_sorted, start[i : i + chunk], count[i : i + chunk], work
+            ),
             count[i : i + chunk],
             ks,
         )
@@ -228,10 +233,26 @@ def _groups(
     return qg, gg
 
 
+class _Workspace:
+    """Preallocated (chunk, N) scores and boolean mask for :func:`_chunk_ranks`."""
+
+    def __init__(self, rows: int, n: int) -> None:
+        self.scores = torch.empty(rows, n)
+        self.mask = torch.empty(rows, n, dtype=torch.bool)
+
+
 @torch.no_grad()
-def _chunk_ranks(q: Tensor, g_sorted: Tensor, start: np.ndarray, count: np.ndarray) -> np.ndarray:
+def _chunk_ranks(
+    q: Tensor,
+    g_sorted: Tensor,
+    start: np.ndarray,
+    count: np.ndarray,
+    work: _Workspace | None = None,
+) -> np.ndarray:
     """Ranks (c, P) of each query's positives, best first; padding columns hold a huge rank."""
-    scores = q @ g_sorted.T  # (c, N)
+    c = q.shape[0]
+    work = work or _Workspace(c, g_sorted.shape[0])
+    scores = torch.mm(q, g_sorted.T, out=work.scores[:c])  # (c, N)
     p = int(count.max())
     j = torch.arange(p)
     st, ct = torch.from_numpy(start), torch.from_numpy(count)
@@ -241,7 +262,10 @@ def _chunk_ranks(q: Tensor, g_sorted: Tensor, start: np.ndarray, count: np.ndarr
     pos = pos.sort(dim=1, descending=True).values  # (c, P), best positive first
     scores.scatter_(1, idx, -math.inf)  # now only negatives remain
     if p <= SORT_THRESHOLD:
-        higher = torch.stack([(scores > pos[:, i : i + 1]).sum(1) for i in range(p)], dim=1)
+        mask = work.mask[:c]
+        higher = torch.stack(
+            [torch.gt(scores, pos[:, i : i + 1], out=mask).sum(1) for i in range(p)], dim=1
+        )
     else:  # one sort per row beats P passes over the row
         ascending = scores.sort(dim=1).values
         higher = scores.shape[1] - torch.searchsorted(ascending, pos.contiguous(), right=True)
