@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from modalign.commands import add_override_option
 from modalign.errors import ConfigError
 
 
@@ -29,14 +30,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "config", nargs="?", help="YAML config (data.manifest, data.features, model.encoders)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override",
-    )
+    add_override_option(p)
     p.add_argument("--manifest", help="manifest to embed (overrides data.manifest)")
     p.add_argument(
         "--encoder",

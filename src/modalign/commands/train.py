@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modalign.commands import add_override_option
 from modalign.config import load_config
 
 
@@ -18,14 +19,7 @@ def add_parser(subparsers: Any) -> None:
         "paired manifest, then evaluate on the held-out splits. Writes a run folder.",
     )
     p.add_argument("config", type=Path, help="YAML config file (see configs/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set train.lr=3e-4 (repeatable; type-checked)",
-    )
+    add_override_option(p)
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<name>)")
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
