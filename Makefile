@@ -4,12 +4,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := tuxpaint-stamps-default espeak-ng chromium
+APT_PACKAGES := tuxpaint-stamps-default
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: system install test lint demo clean
 
-# System packages: real data for the demo and the real-data tests, and a headless browser.
+# System packages: the real data of the demo and of the real-data tests.
 system:
 	@if command -v apt-get >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
