@@ -46,6 +46,10 @@ class HeadConfig:
     input_norm: Literal["layer", "batch", "none"] | None = (
         None  # None: layer for mlp, none for linear
     )
+    bias: bool = False  # linear heads: add a bias (a fitted init needs it to centre features)
+    init: Literal["random", "cca"] = "random"  # "cca": see modalign.train.init
+    init_pca_dim: int | None = None  # PCA width before the CCA (None: full rank)
+    init_reg: float = 0.1  # covariance shrinkage of the CCA, relative to the mean eigenvalue
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ def make_input_norm(kind: InputNorm, dim: int) -> nn.Module:
 
 @HEADS.register("linear")
 class LinearHead(nn.Module):
-    """Input normalisation, then a single linear map (CLIP's projection).
+    """Input normalisation, then a single linear map (CLIP's projection; ``bias`` adds an offset,
+    which a fitted initialisation such as CCA needs to centre the features).
 
     Example:
         >>> import torch
@@ -69,13 +70,14 @@ class LinearHead(nn.Module):
         hidden_dim: int = 0,
         dropout: float = 0.0,
         input_norm: InputNorm = "none",
+        bias: bool = False,
     ) -> None:
         super().__init__()
         del hidden_dim
         self.output_dim = output_dim
         self.norm = make_input_norm(input_norm, input_dim)
         self.drop = nn.Dropout(dropout)
-        self.proj = nn.Linear(input_dim, output_dim, bias=False)
+        self.proj = nn.Linear(input_dim, output_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(self.drop(self.norm(x)))
@@ -101,8 +103,10 @@ class MLPHead(nn.Module):
         hidden_dim: int = 1024,
         dropout: float = 0.1,
         input_norm: InputNorm = "layer",
+        bias: bool = True,
     ) -> None:
         super().__init__()
+        del bias  # the last layer always has a bias
         self.output_dim = output_dim
         self.norm = make_input_norm(input_norm, input_dim)
         self.mlp = nn.Sequential(

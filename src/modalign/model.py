@@ -116,6 +116,7 @@ def build_model(
             dropout=cfg.model.head.dropout,
             input_norm=cfg.model.head.input_norm
             or ("layer" if cfg.model.head.kind == "mlp" else "none"),
+            **({"bias": True} if cfg.model.head.bias else {}),
         )
     loss = cfg.loss.name
     temperature = cfg.loss.init_temperature or DEFAULT_TEMPERATURE.get(loss, 0.07)

@@ -34,6 +34,7 @@ from modalign.train.checkpoint import (
 )
 from modalign.train.gradcache import gradcache_step
 from modalign.train.inference import embed_split, to_device
+from modalign.train.init import init_heads_cca
 from modalign.train.logging import MetricsLogger
 from modalign.train.setup import RunParts, build_parts
 
@@ -149,6 +150,11 @@ class Trainer:
         self.parts: RunParts = build_parts(cfg)
         self.device = pick_device(cfg.train.device, distributed.local_rank())
         self.model = self.parts.model.to(self.device)
+        if cfg.model.head.init == "cca" and not resume:
+            h = cfg.model.head
+            init_heads_cca(
+                self.model, self.parts.data, self.parts.pairs, h.init_pca_dim, h.init_reg
+            )
         train_rows = self.parts.data.rows("train")
         world = distributed.world_size()
         if cfg.train.batch_size % world:
@@ -216,6 +222,8 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to the end (or early stop), then evaluate ``eval.splits``; returns metrics.json."""
         cfg = self.cfg
+        if cfg.model.head.init != "random" and self.state.step == 0:
+            self._score_initial()
         while (
             self.state.epoch < cfg.train.epochs
             and self.state.bad_epochs < cfg.train.early_stopping.patience
@@ -224,6 +232,22 @@ class Trainer:
             self._end_epoch()
         self.logger.close()
         return self.evaluate()
+
+    def _score_initial(self) -> None:
+        """Score fitted initial heads on val as epoch 0: training must beat them to replace them."""
+        if not len(self.parts.data.rows("val")):
+            return
+        from modalign.eval.retrieval import evaluate_retrieval
+
+        cfg = self.cfg
+        emb = embed_split(self.model, self.parts.data, "val", cfg.eval.chunk_size)
+        val = evaluate_retrieval(emb, "val", cfg.eval.ks, cfg.eval.chunk_size)
+        self.state.best = monitored_value(val, cfg.train.early_stopping.metric)
+        if self.main:
+            save_checkpoint(
+                self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": 0}
+            )
+        self.logger.log(0, {"epoch": 0, **val})
 
     def _train_epoch(self) -> None:
         cfg, model = self.cfg, self.model

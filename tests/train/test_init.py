@@ -1,0 +1,113 @@
+"""CCA initialisation of the heads: exact against the baseline's CCA, ridge against numpy, loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import synthetic_config
+
+from modalign.errors import ConfigError
+from modalign.eval.baselines import _Pair
+from modalign.heads import LinearHead, MLPHead
+from modalign.train.init import fit_cca_init, fit_ridge_init, set_head_affine
+from modalign.train.loop import Trainer, train
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_cca_init_is_exactly_the_cca_baseline_map() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(120, 5))
+    feats = {
+        "a": z @ rng.normal(size=(5, 30)) + 0.5 * rng.normal(size=(120, 30)) + 3.0,
+        "b": z @ rng.normal(size=(5, 20)) + 0.5 * rng.normal(size=(120, 20)) - 1.0,
+    }
+    (wa, ba), (wb, bb) = fit_cca_init(feats["a"], feats["b"], dim=8, pca_dim=8, reg=0.1)
+    ref = _Pair(feats, "a", "b", np.ones(120, dtype=bool)).maps("cca", 8, rng)
+    for m, w, b in (("a", wa, ba), ("b", wb, bb)):
+        mean, proj = ref[m]
+        np.testing.assert_allclose(feats[m] @ w + b, (feats[m] - mean) @ proj, atol=1e-8)
+
+
+def test_cca_init_pads_columns_past_the_rank() -> None:
+    rng = np.random.default_rng(1)
+    (wa, _), (wb, _) = fit_cca_init(rng.normal(size=(40, 6)), rng.normal(size=(40, 3)), dim=10)
+    assert wa.shape == (6, 10) and wb.shape == (3, 10)
+    assert not wa[:, 3:].any() and not wb[:, 3:].any()  # 3 canonical pairs at most
+
+
+def test_ridge_init_matches_closed_form() -> None:
+    rng = np.random.default_rng(2)
+    x, t = rng.normal(size=(50, 7)) + 2.0, rng.normal(size=(50, 4))
+    w, b = fit_ridge_init(x, t, reg=0.5)
+    xc = x - x.mean(0)
+    lam = 0.5 * np.trace(xc.T @ xc) / 7
+    ref = np.linalg.lstsq(
+        np.vstack([xc, np.sqrt(lam) * np.eye(7)]),
+        np.vstack([t - t.mean(0), np.zeros((7, 4))]),
+        rcond=None,
+    )[0]
+    np.testing.assert_allclose(w, ref, atol=1e-10)
+    np.testing.assert_allclose(b, t.mean(0) - x.mean(0) @ ref, atol=1e-10)
+
+
+def test_heads_compute_the_affine_map() -> None:
+    rng = np.random.default_rng(3)
+    w, b = rng.normal(size=(6, 4)), rng.normal(size=4)
+    x = torch.randn(5, 6)
+    for head in (LinearHead(6, 4, bias=True), MLPHead(6, 4, hidden_dim=8, input_norm="none")):
+        with torch.no_grad():
+            set_head_affine(head, w, b)
+        out = head.eval()(x).detach().numpy()
+        np.testing.assert_allclose(out, x.numpy() @ w + b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"head\.bias"):
+        set_head_affine(LinearHead(6, 4), w, b)
+    with pytest.raises(ConfigError, match="input_norm"):
+        set_head_affine(LinearHead(6, 4, bias=True, input_norm="batch"), w, b)
+
+
+INIT = [
+    "model.head.kind=linear",
+    "model.head.bias=true",
+    "model.head.init=cca",
+    "model.head.init_reg=0.5",
+]
+
+
+def test_initial_heads_are_the_cca_of_the_train_pairs(tmp_path: Path) -> None:
+    cfg = synthetic_config(
+        tmp_path / "data", [*INIT, "train.epochs=0"], n=300, dims={"image": 24, "text": 16}
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    data = trainer.parts.data
+    rows = data.rows("train")
+    feats = {
+        m: trainer.parts.stores[m].rows([data.keys[m][r] for r in rows]) for m in ("image", "text")
+    }
+    (wa, ba), _ = fit_cca_init(feats["image"], feats["text"], 32, None, 0.5)
+    with torch.no_grad():
+        out = trainer.model.encode("image", torch.as_tensor(feats["image"])).numpy()
+    np.testing.assert_allclose(out, _unit(feats["image"] @ wa + ba), atol=1e-4)
+
+
+def test_training_from_cca_scores_the_init_as_epoch_0(tmp_path: Path) -> None:
+    cfg = synthetic_config(
+        tmp_path / "data",
+        [*INIT, "train.epochs=2", "train.early_stopping.metric=recall@1"],
+        n=900,
+        dims={"image": 24, "text": 16, "audio": 12},
+        missing=0.3,
+        groups=300,
+        noise=0.3,
+    )
+    metrics = train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert records[0]["epoch"] == 0 and "val/image_to_text/recall@1" in records[0]
+    for d in ("image_to_text", "audio_to_image", "text_to_audio"):  # audio: ridge-mapped
+        assert metrics[f"test/{d}/recall@5"] > 0.3, d
