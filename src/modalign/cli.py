@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "modalign.commands.eval",
     "modalign.commands.compare",
     "modalign.commands.demo",
+    "modalign.commands.synth",
 ]
 
 

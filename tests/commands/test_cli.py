@@ -94,3 +94,20 @@ def test_eval_of_a_run_whose_features_changed_width(
     assert main(["eval", str(run)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "best.pt: weights do not fit the model its config builds" in err[0]
+
+
+@pytest.mark.parametrize("config", ["synthetic.yaml", "synthetic-smoke.yaml"])
+def test_shipped_configs_train_on_synth_data(
+    tmp_path: Path, config: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    root = Path(__file__).parents[2]
+    shutil.copytree(root / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "runs/synthetic-data", "--rows", "800"]) == 0
+    overrides = ["--set", "train.epochs=1"] if config == "synthetic.yaml" else []
+    assert main(["train", f"configs/{config}", "--out", "runs/x", *overrides]) == 0
+    assert (
+        json.loads(Path("runs/x/metrics.json").read_text())["test/image_to_text/recall@10"] > 0.05
+    )
