@@ -11,8 +11,10 @@
   canonical directions, weight them by their correlations (Hotelling, 1936).
 
 Everything is fitted on train rows only, per pair of modalities (items where both are present).
-The number of PCA/canonical dimensions is picked from a small grid by mean R@1 on the val
-split when there is one, so the linear baselines are as strong as a fair tuning makes them.
+The number of PCA/canonical dimensions (16 to 384), and for CCA also the shrinkage (0.1, 0.3,
+1.0), are picked by mean R@1 on the val split when there is one, so the linear baselines are as
+strong as a fair tuning makes them (the same information the trained model's early stopping and
+``model.head.init: cca`` settings may use).
 
 Each baseline gives one ``EmbeddingSet`` per (split, pair), which ``evaluate_retrieval`` scores;
 ``evaluate_baselines`` merges them into ``{baseline: {"test/image_to_caption/recall@1": ...}}``,
@@ -110,7 +112,7 @@ class _Pair:
         return (ma, pa[:, :k]), (mb, pb[:, :k])
 
     def maps(
-        self, name: str, k: int, rng: np.random.Generator
+        self, name: str, k: int, rng: np.random.Generator, reg: float = 0.1
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """modality -> (mean, projection): an embedding is ``(x - mean) @ projection``."""
         if name == "random":
@@ -128,7 +130,7 @@ class _Pair:
             r = fit_procrustes(za / sa, zb / sb)
             return {self.a: (ma, pa @ r / sa), self.b: (mb, pb / sb)}
         if name == "cca":
-            ca, cb = fit_cca(za, zb, k)
+            ca, cb = fit_cca(za, zb, k, reg)
             return {self.a: (ma, pa @ ca), self.b: (mb, pb @ cb)}
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
 
@@ -159,9 +161,10 @@ def fit_baselines(
     groups: np.ndarray | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
     names: Sequence[str] = BASELINES,
-    dims: Sequence[int] = (16, 32, 64, 128),
+    dims: Sequence[int] = (16, 32, 64, 128, 256, 384),
     random_dim: int = 256,
     seed: int = 0,
+    cca_regs: Sequence[float] = (0.1, 0.3, 1.0),
 ) -> dict[str, dict[str, list[EmbeddingSet]]]:
     """Fit every baseline on the train split and embed every split.
 
@@ -172,6 +175,7 @@ def fit_baselines(
         pairs: modality pairs to align (default every pair).
         names: baselines to compute. dims: grid of PCA / canonical dimensions.
         random_dim: output width of the random heads. seed: seed of the random heads.
+        cca_regs: grid of CCA shrinkage values (searched with ``dims``, on val R@1).
 
     Returns:
         ``{baseline: {split: [EmbeddingSet of one pair, ...]}}`` for every split present.
@@ -182,7 +186,11 @@ def fit_baselines(
     for a, b in pairs:
         pair = _Pair(features, a, b, split_arr == "train")
         for name in names:
-            grid = [random_dim] if name == "random" else list(dims)
+            grid: list[tuple[int, float]] = (
+                [(random_dim, 0.0)]
+                if name == "random"
+                else [(k, r) for k in dims for r in (cca_regs if name == "cca" else (0.0,))]
+            )
             best = _choose(features, pair, name, grid, split_arr, ids, groups, seed)
             for split in dict.fromkeys(splits):
                 rows = np.flatnonzero(split_arr == split)
@@ -198,20 +206,20 @@ def _choose(
     features: Mapping[str, np.ndarray],
     pair: _Pair,
     name: str,
-    grid: Sequence[int],
+    grid: Sequence[tuple[int, float]],
     split_arr: np.ndarray,
     ids: Sequence[str],
     groups: np.ndarray | None,
     seed: int,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The maps for the grid value with the best mean val R@1 (the first one without a val split)."""
+    """The maps for the (dims, shrinkage) with the best mean val R@1 (the first without a val split)."""
     from modalign.eval.retrieval import evaluate_retrieval
 
     rows = np.flatnonzero(split_arr == "val")
     best: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     best_score = -1.0
-    for k in grid:
-        maps = pair.maps(name, k, np.random.default_rng(seed))
+    for k, reg in grid:
+        maps = pair.maps(name, k, np.random.default_rng(seed), reg)
         if len(grid) == 1 or len(rows) == 0:
             return maps
         emb = EmbeddingSet(
