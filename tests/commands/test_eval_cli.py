@@ -180,3 +180,19 @@ def test_eval_a_trained_run_folder(tmp_path, capsys):
     assert any(k.endswith("/modality_gap") for k in after)
     assert (run / "per_query.npz").is_file()
     assert "Training" in (run / "report.html").read_text()
+
+
+def test_training_curves_plot_recall_at_1_not_recall_at_10():
+    from modalign.eval.report import recall_at_1_keys
+
+    rows = [
+        {"step": 1, "train/loss": 2.0},
+        {
+            "step": 2,
+            "val/a_to_b/recall@1": 0.5,
+            "val/a_to_b/recall@10": 0.9,
+            "val/b_to_a/recall@100": 1,
+        },
+        {"step": 3, "val/b_to_a/recall@1": 0.4, "test/a_to_b/recall@1": 0.3},
+    ]
+    assert recall_at_1_keys(rows) == ["val/a_to_b/recall@1", "val/b_to_a/recall@1"]

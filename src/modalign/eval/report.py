@@ -556,6 +556,16 @@ def read_metrics_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def recall_at_1_keys(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The validation recall@1 keys logged in ``rows`` (not recall@10 and the like).
+
+    Example:
+        >>> recall_at_1_keys([{"val/a_to_b/recall@1": 1, "val/a_to_b/recall@10": 1, "train/loss": 1}])
+        ['val/a_to_b/recall@1']
+    """
+    return sorted({k for r in rows for k in r if k.startswith("val/") and k.endswith("/recall@1")})
+
+
 def training_section(metrics_jsonl: str | os.PathLike[str]) -> Section:
     """Training curves from a run's ``metrics.jsonl``: loss, temperature, learning rate, val metrics."""
     rows = read_metrics_jsonl(metrics_jsonl)
@@ -564,7 +574,7 @@ def training_section(metrics_jsonl: str | os.PathLike[str]) -> Section:
         ("train/temperature", "temperature"),
         ("lr", "learning rate"),
     ]
-    val_keys = sorted({k for r in rows for k in r if k.startswith("val/") and "recall@1" in k})
+    val_keys = recall_at_1_keys(rows)
     panels = [(k, t) for k, t in panels if any(k in r for r in rows)]
     n = len(panels) + (1 if val_keys else 0)
     if n == 0:
