@@ -235,19 +235,29 @@ class Trainer:
 
     def _score_initial(self) -> None:
         """Score fitted initial heads on val as epoch 0: training must beat them to replace them."""
-        if not len(self.parts.data.rows("val")):
+        val = self._validate()
+        if val is None:
             return
+        self.state.best = monitored_value(val, self.cfg.train.early_stopping.metric)
+        self._save("best.pt", {"model": self.model.state_dict(), "epoch": 0})
+        self.logger.log(0, {"epoch": 0, **val})
+
+    def _validate(self) -> dict[str, float] | None:
+        """Retrieval metrics of the current weights on the val split (None without one)."""
+        if not len(self.parts.data.rows("val")):
+            return None
         from modalign.eval.retrieval import evaluate_retrieval
 
         cfg = self.cfg
         emb = embed_split(self.model, self.parts.data, "val", cfg.eval.chunk_size)
-        val = evaluate_retrieval(emb, "val", cfg.eval.ks, cfg.eval.chunk_size)
-        self.state.best = monitored_value(val, cfg.train.early_stopping.metric)
+        return evaluate_retrieval(emb, "val", cfg.eval.ks, cfg.eval.chunk_size)
+
+    def _save(self, name: str, state: dict[str, Any]) -> None:
+        """Write a checkpoint from the first process only; the others wait until it is on disk."""
         if self.main:
-            save_checkpoint(
-                self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": 0}
-            )
-        self.logger.log(0, {"epoch": 0, **val})
+            save_checkpoint(self.run_dir / name, state)
+        if distributed.is_distributed():
+            torch.distributed.barrier()
 
     def _train_epoch(self) -> None:
         cfg, model = self.cfg, self.model
@@ -325,15 +335,9 @@ class Trainer:
         cfg, state = self.cfg, self.state
         state.epoch += 1
         record: dict[str, float] = {"epoch": state.epoch}
-        if len(self.parts.data.rows("val")):
-            from modalign.eval.retrieval import evaluate_retrieval
-
-            val = evaluate_retrieval(
-                embed_split(self.model, self.parts.data, "val", cfg.eval.chunk_size),
-                "val",
-                cfg.eval.ks,
-                cfg.eval.chunk_size,
-            )
+        val = self._validate()
+        better = True  # no validation split: the latest weights are the best we know
+        if val is not None:
             record.update(val)
             value = monitored_value(val, cfg.train.early_stopping.metric)
             better = state.best is None or (
@@ -349,14 +353,10 @@ class Trainer:
                 value,
                 " (best)" if better else "",
             )
-        else:
-            better = True  # no validation split: the latest weights are the best we know
         if better:
-            save_checkpoint(
-                self.run_dir / "best.pt", {"model": self.model.state_dict(), "epoch": state.epoch}
-            )
+            self._save("best.pt", {"model": self.model.state_dict(), "epoch": state.epoch})
         self.logger.log(state.step, record)
-        save_checkpoint(self.run_dir / "last.pt", self._checkpoint())
+        self._save("last.pt", self._checkpoint())
 
     def evaluate(self) -> dict[str, float]:
         """Score the best weights on ``eval.splits``; writes and returns ``metrics.json``."""
