@@ -84,3 +84,13 @@ def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.train = None  # type: ignore[misc]
+
+
+def test_override_paths_are_relative_to_the_current_directory(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "c.yaml").write_text("data:\n  features: {text: t.npy}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("cfg/c.yaml", ["data.manifest=runs/m.csv", "data.features.image=i.npy"])
+    assert cfg.data.manifest == str(tmp_path / "runs" / "m.csv")  # typed here: relative to here
+    assert cfg.data.features["image"] == str(tmp_path / "i.npy")
+    assert cfg.data.features["text"] == str(tmp_path / "cfg" / "t.npy")  # written in the file

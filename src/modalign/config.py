@@ -4,9 +4,9 @@ Every key is checked against the dataclass fields: an unknown key is an error th
 valid keys, and an override's value is converted to the field's type (or rejected).
 
 Example:
-    >>> cfg = load_config(None, ["train.lr=3e-4", "data.features.text=t.npy", "loss.name=siglip"])
+    >>> cfg = load_config(None, ["train.lr=3e-4", "data.features.text=/data/t.npy", "loss.name=siglip"])
     >>> cfg.train.lr, cfg.data.features, cfg.loss.name
-    (0.0003, {'text': 't.npy'}, 'siglip')
+    (0.0003, {'text': '/data/t.npy'}, 'siglip')
     >>> load_config(None, ["train.lrr=1"])
     Traceback (most recent call last):
     ...
@@ -156,7 +156,9 @@ class Config:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or start from defaults), apply ``key=value`` overrides, type-check.
 
-    Relative paths in ``data`` stay as written; ``resolve_paths`` anchors them to the config file.
+    Relative data paths written in the file are relative to the file's folder; relative paths
+    given as overrides are relative to the current directory (where the user typed them). The
+    result holds absolute paths.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -171,10 +173,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         raw = loaded or {}
     _check_keys(raw, Config, "")
+    if path is not None:  # anchor the file's own paths before overrides add theirs
+        raw = to_dict(resolve_paths(from_dict(raw, origin=str(path)), path.parent))
     for item in overrides or []:
         apply_override(raw, item)
     cfg = from_dict(raw, origin=str(path) if path else "--set")
-    return resolve_paths(cfg, Path(path).parent) if path is not None else cfg
+    return resolve_paths(cfg, Path.cwd())
 
 
 def from_dict(raw: dict[str, Any], origin: str = "config") -> Config:
@@ -222,7 +226,7 @@ def save_config(cfg: Config, path: Path) -> None:
 
 
 def resolve_paths(cfg: Config, base: Path) -> Config:
-    """Anchor relative data paths to ``base`` (the config file's folder)."""
+    """Anchor relative data paths (manifest, feature files) to ``base``."""
 
     def anchor(p: str) -> str:
         return p if not p or Path(p).is_absolute() else str((base / p).resolve())

@@ -54,6 +54,7 @@ def run_demo(
     """Run the whole demo into ``out`` (its ``run/`` subfolder is replaced)."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
+    out = Path(out).resolve()
     manifest_path = build_tuxpaint_manifest(out / "tuxpaint.csv", root)
     if limit:
         _truncate_manifest(manifest_path, limit)
