@@ -227,8 +227,10 @@ def test_gradient_cached_training_matches_plain_training(tmp_path: Path) -> None
     np.testing.assert_allclose(cached, plain, rtol=1e-5)
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
-    cfg = synthetic_config(tmp_path / "data", n=800)
+@pytest.mark.parametrize("missing", [0.0, 0.97])
+def test_torchrun_two_processes_match_one_process(tmp_path: Path, missing: float) -> None:
+    # with 97% of text cells empty, many batch shards hold no text row at all on one process
+    cfg = synthetic_config(tmp_path / "data", ["data.min_rows=2"], n=800, missing=missing)
     config_path = tmp_path / "c.yaml"
     from modalign.config import save_config
 
@@ -238,6 +240,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
         "train.log_every=1",
         "model.head.dropout=0",
         "train.batch_size=128",
+        "data.min_rows=2",
     ]
     save_config(load_config(None, base), config_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -270,3 +273,22 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2 == pytest.approx(m1, abs=0.02)
+
+
+def test_accumulation_never_carries_gradients_into_the_next_epoch(tmp_path: Path) -> None:
+    cfg = synthetic_config(tmp_path / "data", ["train.batch_size=60", "train.accumulate=3"], n=600)
+    trainer = Trainer(cfg, tmp_path / "run")
+    n_batches = len(trainer.sampler)
+    assert n_batches % 3 != 0  # the last group is partial
+    trainer._train_epoch()
+    assert all(p.grad is None for p in trainer.model.parameters())  # stepped and zeroed
+    assert trainer.state.step == -(-n_batches // 3)  # ceil: the partial group stepped too
+
+
+def test_resume_with_another_config_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = synthetic_config(tmp_path / "data", ["train.epochs=1"], n=300)
+    train(cfg, tmp_path / "run")
+    changed = load_config(None, [*_data_overrides(cfg), "train.epochs=2", "train.lr=0.01"])
+    with caplog.at_level("WARNING"):
+        Trainer(changed, tmp_path / "run", resume=True)
+    assert "resuming with a changed config" in caplog.text and "train.epochs" in caplog.text

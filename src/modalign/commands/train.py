@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / cfg.name
     metrics = train(cfg, out, resume=args.resume)
+    if not metrics:  # not the first of several processes: it prints the result
+        return 0
     headline = {
         k: round(v, 4)
         for k, v in metrics.items()

@@ -51,15 +51,20 @@ class TrainState:
     bad_epochs: int = 0
 
 
-def active_pairs(batch: Batch, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Pairs with at least two rows holding both modalities (one row has no negatives).
+def active_pairs(
+    batch: Batch, pairs: list[tuple[str, str]], device: torch.device | None = None
+) -> list[tuple[str, str]]:
+    """Pairs with at least two rows holding both modalities in the (global) batch.
 
-    Under data parallelism every process keeps every pair, so the collectives inside the loss
-    stay matched across processes.
+    One row has no negatives. Under data parallelism the counts are summed over processes first,
+    so every process keeps the same pairs (the collectives inside the loss stay matched) and the
+    choice equals that of one process holding the whole batch.
     """
+    both = [int((batch.present[a] & batch.present[b]).sum()) for a, b in pairs]
+    counts = torch.tensor(both, device=device)  # on the GPU under NCCL
     if distributed.is_distributed():
-        return pairs
-    return [(a, b) for a, b in pairs if int((batch.present[a] & batch.present[b]).sum()) >= 2]
+        torch.distributed.all_reduce(counts)
+    return [pair for pair, n in zip(pairs, counts.tolist(), strict=True) if n >= 2]
 
 
 def pair_losses(
@@ -80,12 +85,44 @@ def pair_losses(
     for a, b in pairs:
         both = batch.present[a] & batch.present[b]  # (B,)
         # position of row r among m's present rows = (#present rows before r)
-        idx_a = (torch.cumsum(batch.present[a].long(), 0) - 1)[both].to(emb[a].device)
-        idx_b = (torch.cumsum(batch.present[b].long(), 0) - 1)[both].to(emb[b].device)
-        groups = None if batch.groups is None else batch.groups[both].to(emb[a].device)
-        x, y = emb[a][idx_a], emb[b][idx_b]  # (n, D) each
+        ea, eb = _embedded(emb, a, model), _embedded(emb, b, model)
+        idx_a = (torch.cumsum(batch.present[a].long(), 0) - 1)[both].to(ea.device)
+        idx_b = (torch.cumsum(batch.present[b].long(), 0) - 1)[both].to(eb.device)
+        groups = None if batch.groups is None else batch.groups[both].to(ea.device)
+        x, y = ea[idx_a], eb[idx_b]  # (n, D) each
         out[f"{a}_{b}"] = pair_loss(loss_name, x, y, scale, bias, groups, groups, tile_size)
     return out
+
+
+def _embedded(emb: dict[str, Tensor], modality: str, model: Aligner) -> Tensor:
+    """``emb[modality]``, or (0, D) when this process's share of the batch has none of it (the
+    engine still takes part in the other processes' gathers)."""
+    if modality in emb:
+        return emb[modality]
+    return model.log_scale.new_zeros(0, model.embed_dim)
+
+
+def _warn_if_config_changed(cfg: Config, saved: Path) -> None:
+    """Resuming with other settings is allowed, but the schedule and data order may jump: say so."""
+    if not saved.exists():
+        return
+    import yaml
+
+    from modalign.config import to_dict
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    before, now = flat(yaml.safe_load(saved.read_text()) or {}), flat(to_dict(cfg))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        log.warning(
+            "resuming with a changed config (%s): the run will not match an uninterrupted one",
+            ", ".join(changed),
+        )
 
 
 def make_optimizer(model: Aligner, cfg: Config) -> torch.optim.AdamW:
@@ -192,6 +229,7 @@ class Trainer:
             if not last.exists():
                 raise ConfigError(f"{self.run_dir}: nothing to resume (no last.pt)")
             self._restore(load_checkpoint(last))
+            _warn_if_config_changed(self.cfg, self.run_dir / "config.yaml")
         elif last.exists():
             raise ConfigError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
@@ -262,6 +300,7 @@ class Trainer:
     def _train_epoch(self) -> None:
         cfg, model = self.cfg, self.model
         model.train()
+        self.optimizer.zero_grad(set_to_none=True)
         self.sampler.set_epoch(self.state.epoch)
         bar = tqdm(
             self.loader,
@@ -272,13 +311,13 @@ class Trainer:
         )
         for i, chunks in enumerate(bar):
             batch = merge_chunks(chunks)
-            pairs = active_pairs(batch, self.parts.pairs)
+            pairs = active_pairs(batch, self.parts.pairs, self.device)
             if not pairs:
                 continue
             losses = self._forward_backward(chunks, batch, pairs)
             loss = distributed.all_reduce_mean(torch.stack(list(losses.values())).mean())
-            if (i + 1) % cfg.train.accumulate:
-                continue
+            if (i + 1) % cfg.train.accumulate and i + 1 < len(self.sampler):
+                continue  # accumulate; the last batches of an epoch step even if fewer
             grad_norm = self._optimizer_step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if self.state.step % cfg.train.log_every == 0:
