@@ -94,3 +94,22 @@ def test_override_paths_are_relative_to_the_current_directory(tmp_path: Path, mo
     assert cfg.data.manifest == str(tmp_path / "runs" / "m.csv")  # typed here: relative to here
     assert cfg.data.features["image"] == str(tmp_path / "i.npy")
     assert cfg.data.features["text"] == str(tmp_path / "cfg" / "t.npy")  # written in the file
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.accumulate=0", r"train\.accumulate = 0: must be >= 1"),
+        ("train.batch_size=0", r"train\.batch_size = 0: must be >= 1"),
+        ("train.log_every=0", r"train\.log_every = 0"),
+        ("train.chunk_size=0", r"train\.chunk_size = 0: must be >= 1 or null"),
+        ("train.lr=0", r"train\.lr = 0\.0: must be positive"),
+        ("train.device=tpu", r"train\.device = 'tpu'"),
+        ("train.early_stopping.patience=0", r"patience = 0: must be >= 1"),
+        ("loss.tile_size=0", r"loss\.tile_size = 0"),
+        ("eval.ks=[0, 5]", r"eval\.ks = \[0, 5\]"),
+    ],
+)
+def test_out_of_range_values_fail_at_load_time(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -28,6 +28,11 @@ import yaml
 from modalign.errors import ConfigError
 
 
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: must be {rule}")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Which registered encoder reads a modality, and its constructor options."""
@@ -97,6 +102,17 @@ class LossConfig:
     init_bias: float | None = None
     tile_size: int | None = None
 
+    def __post_init__(self) -> None:
+        _require(
+            self.tile_size is None or self.tile_size >= 1,
+            "loss.tile_size",
+            self.tile_size,
+            "a positive integer or null",
+        )
+        _require(self.max_scale > 0, "loss.max_scale", self.max_scale, "positive")
+        t = self.init_temperature
+        _require(t is None or t > 0, "loss.init_temperature", t, "positive")
+
 
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
@@ -109,6 +125,9 @@ class EarlyStoppingConfig:
     metric: str = "recall@1"
     mode: Literal["max", "min"] = "max"
     patience: int = 5
+
+    def __post_init__(self) -> None:
+        _require(self.patience >= 1, "train.early_stopping.patience", self.patience, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,37 @@ class TrainConfig:
     tensorboard: bool = True
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
+    def __post_init__(self) -> None:
+        for key in ("epochs",):
+            _require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), ">= 0")
+        for key in ("batch_size", "accumulate", "log_every"):
+            _require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), ">= 1")
+        _require(
+            self.chunk_size is None or self.chunk_size >= 1,
+            "train.chunk_size",
+            self.chunk_size,
+            ">= 1 or null",
+        )
+        _require(self.lr > 0, "train.lr", self.lr, "positive")
+        _require(self.num_workers >= 0, "train.num_workers", self.num_workers, ">= 0")
+        _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        _require(
+            self.device == "auto" or _is_device(self.device),
+            "train.device",
+            self.device,
+            "auto, cpu, cuda or cuda:N",
+        )
+
+
+def _is_device(name: str) -> bool:
+    import torch
+
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return False
+    return True
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -139,6 +189,15 @@ class EvalConfig:
     ks: tuple[int, ...] = (1, 5, 10)
     chunk_size: int = 1024
     splits: tuple[str, ...] = ("val", "test")
+
+    def __post_init__(self) -> None:
+        _require(
+            bool(self.ks) and min(self.ks) >= 1,
+            "eval.ks",
+            list(self.ks),
+            "a non-empty list of integers >= 1",
+        )
+        _require(self.chunk_size >= 1, "eval.chunk_size", self.chunk_size, ">= 1")
 
 
 @dataclass(frozen=True)
