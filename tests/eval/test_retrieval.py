@@ -24,13 +24,13 @@ def _normed(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 
 def reference_metrics(q, g, qg, gg, ks):
-    """Plain numpy: full score matrix, one full sort per query, positives first among ties."""
+    """Plain numpy: full score matrix, one full sort per query, negatives first among ties."""
     scores = q.astype(np.float64) @ g.astype(np.float64).T
     per = {f"{m}@{k}": [] for m in ("recall", "precision", "ndcg") for k in ks}
     per.update(mrr=[], map=[], rank=[])
     for i in range(len(q)):
         rel = gg == qg[i]
-        order = np.lexsort((~rel, -scores[i].astype(np.float32)))  # score desc, then positives
+        order = np.lexsort((rel, -scores[i].astype(np.float32)))  # score desc, then negatives
         ranked_rel = rel[order]
         pos_ranks = np.flatnonzero(ranked_rel) + 1
         per["rank"].append(pos_ranks[0])
@@ -78,7 +78,7 @@ def test_hand_computed_table():
     # Scores (rows: queries, columns: gallery g0..g3); positives marked *.
     # q0: g0*=0.9  g1=0.8  g2*=0.1  g3=0.5 -> positive ranks 1, 4
     # q1: g0=0.6  g1*=0.2  g2=0.7  g3=0.4 -> positive rank 4
-    # q2: g0=0.5  g1=0.5  g2=0.1  g3*=0.5 -> tie: positive ranked first (optimistic) -> 1
+    # q2: g0=0.5  g1=0.5  g2=0.1  g3*=0.5 -> tie: negatives ranked first (pessimistic) -> 3
     s = np.array(
         [[0.9, 0.8, 0.1, 0.5], [0.6, 0.2, 0.7, 0.4], [0.5, 0.5, 0.1, 0.5]], dtype=np.float32
     )
@@ -86,17 +86,17 @@ def test_hand_computed_table():
     qg, gg = np.array([0, 1, 3]), np.array([0, 1, 0, 3])
     m = retrieval_metrics(q, g, qg, gg, ks=(1, 2))
     expected = {
-        "recall@1": 2 / 3,  # q0, q2
-        "recall@2": 2 / 3,
-        "precision@1": 2 / 3,
-        "precision@2": (1 / 2 + 0 + 1 / 2) / 3,
-        "mrr": (1 + 1 / 4 + 1) / 3,
-        "map": ((1 / 1 + 2 / 4) / 2 + 1 / 4 + 1) / 3,
-        "mean_rank": (1 + 4 + 1) / 3,
-        "median_rank": 1.0,
-        "ndcg@1": (1 + 0 + 1) / 3,
+        "recall@1": 1 / 3,  # q0 only
+        "recall@2": 1 / 3,
+        "precision@1": 1 / 3,
+        "precision@2": (1 / 2 + 0 + 0) / 3,
+        "mrr": (1 + 1 / 4 + 1 / 3) / 3,
+        "map": ((1 / 1 + 2 / 4) / 2 + 1 / 4 + 1 / 3) / 3,
+        "mean_rank": (1 + 4 + 3) / 3,
+        "median_rank": 3.0,
+        "ndcg@1": (1 + 0 + 0) / 3,
         # q0 has 2 positives: ideal DCG@2 = 1 + 1/log2(3); it got only rank 1 in the top 2
-        "ndcg@2": (1 / (1 + 1 / np.log2(3)) + 0 + 1) / 3,
+        "ndcg@2": (1 / (1 + 1 / np.log2(3)) + 0 + 0) / 3,
     }
     assert m == pytest.approx(expected, abs=1e-12)
 
@@ -188,3 +188,10 @@ def test_top_k_matches_full_sort():
     scores, idx = top_k(q, g, 4, chunk_size=2)
     full = np.argsort(-(q @ g.T), axis=1)[:, :4]
     assert (idx == full).all() and scores.shape == (9, 4)
+
+
+def test_a_collapsed_space_scores_zero_not_perfect():
+    same = np.ones((50, 8), dtype=np.float32) / np.sqrt(8)
+    m = retrieval_metrics(same, same, ks=(1, 5))
+    assert m["recall@1"] == 0.0 and m["recall@5"] == 0.0
+    assert m["mean_rank"] == 50.0  # behind all 49 tied negatives

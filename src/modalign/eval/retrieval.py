@@ -11,9 +11,10 @@ one contiguous range), the positives are then overwritten with ``-inf``, and the
 metric below is exact; peak memory is O(chunk * N) for the scores plus O(Q * len(ks)) for the
 per-query results.
 
-**Ties.** A negative that scores exactly the same as a positive is ranked *after* it (optimistic
-tie-breaking), and tied positives are ranked in a fixed order, so the ``i``-th positive always has
-rank >= ``i``. ``torch.topk``/``argsort`` based tools (CLIP_benchmark, open_clip) break ties by
+**Ties.** A negative that scores exactly the same as a positive is ranked *before* it
+(pessimistic tie-breaking: a collapsed space, where everything scores the same, gets recall 0,
+never a perfect score), and tied positives are ranked in a fixed order, so the ``i``-th positive
+always has rank >= ``i``. ``torch.topk``/``argsort`` based tools (CLIP_benchmark, open_clip) break ties by
 index order instead; with continuous embeddings the two agree, and they differ only on exactly
 equal scores (for example exact duplicate rows in *different* groups).
 
@@ -264,11 +265,11 @@ def _chunk_ranks(
     if p <= SORT_THRESHOLD:
         mask = work.mask[:c]
         higher = torch.stack(
-            [torch.gt(scores, pos[:, i : i + 1], out=mask).sum(1) for i in range(p)], dim=1
+            [torch.ge(scores, pos[:, i : i + 1], out=mask).sum(1) for i in range(p)], dim=1
         )
     else:  # one sort per row beats P passes over the row
         ascending = scores.sort(dim=1).values
-        higher = scores.shape[1] - torch.searchsorted(ascending, pos.contiguous(), right=True)
+        higher = scores.shape[1] - torch.searchsorted(ascending, pos.contiguous(), right=False)
     ranks = (j[None, :] + 1 + higher).numpy().astype(np.int64)
     ranks[~valid.numpy()] = 1 << 40  # padding: past any cut-off, contributes nothing
     return ranks
