@@ -105,6 +105,7 @@ def test_compare_finds_the_better_run(evaluated, capsys):
         ({"group": np.arange(3)}, "'group' must be an integer (80,)"),
         ({"bad": np.zeros((5, 16), np.float32)}, "'bad' has 5 rows"),
         ({"text": np.zeros((80, 16), np.float32)}, "'text' row 0 is all zeros"),
+        ({"audio": np.ones((80, 7), np.float32)}, "must share a width"),
     ],
 )
 def test_bad_npz_names_the_array(tmp_path, capsys, extra, message):
@@ -196,3 +197,11 @@ def test_training_curves_plot_recall_at_1_not_recall_at_10():
         {"step": 3, "val/b_to_a/recall@1": 0.4, "test/a_to_b/recall@1": 0.3},
     ]
     assert recall_at_1_keys(rows) == ["val/a_to_b/recall@1", "val/b_to_a/recall@1"]
+
+
+def test_one_modality_without_labels_is_refused(tmp_path, capsys):
+    np.savez(tmp_path / "one.npz", image=np.ones((4, 3), np.float32))
+    assert (
+        main(["eval", "--embeddings", str(tmp_path / "one.npz"), "--out", str(tmp_path / "o")]) == 1
+    )
+    assert "nothing to measure" in capsys.readouterr().err

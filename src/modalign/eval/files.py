@@ -52,6 +52,11 @@ def load_embeddings_npz(path: str | os.PathLike[str]) -> tuple[EmbeddingSet, np.
         )
     n = _check_modalities(path, mods)
     extra = {k: _int_array(path, data, k, n) for k in ("group", "label") if k in data}
+    if len(mods) < 2 and "label" not in extra:
+        raise DataError(
+            f"{path}: one modality ({', '.join(mods)}) and no 'label' array: nothing to measure "
+            "(retrieval needs two modalities; zero-shot and probes need labels)"
+        )
     ids = [str(i) for i in data["id"]] if "id" in data else [str(i) for i in range(n)]
     if len(ids) != n:
         raise DataError(f"{path}: array 'id' has {len(ids)} entries, expected {n}")
@@ -66,6 +71,9 @@ def load_embeddings_npz(path: str | os.PathLike[str]) -> tuple[EmbeddingSet, np.
 
 def _check_modalities(path: Path, mods: dict[str, np.ndarray]) -> int:
     n = None
+    widths = {k: v.shape[-1] for k, v in mods.items() if v.ndim == 2}
+    if len(set(widths.values())) > 1:
+        raise DataError(f"{path}: embeddings of one space must share a width, got {widths}")
     for k, v in mods.items():
         if v.ndim != 2 or not np.issubdtype(v.dtype, np.floating):
             raise DataError(
