@@ -3,7 +3,11 @@
 Two on-disk forms:
 
 * ``NAME.npy`` (float32/float16, shape (N, D)) with ``NAME.ids.json`` beside it (a JSON list of N
-  string ids). The array is memory-mapped: only the rows a batch needs are read.
+  string ids). The array is memory-mapped: only the rows a batch needs are read. Files written by
+  modalign hold ``{"ids": [...], "array": {"fingerprint": ...}}`` instead: the two files are
+  renamed into place one after the other, and a kill between the renames would leave a new array
+  beside the old ids (of the same length, when the same items were re-embedded); the fingerprint
+  of the array the ids were written for turns that into an error instead of silently mispaired rows.
 * ``NAME.safetensors`` with one tensor ``features`` (N, D) and the ids as JSON in the metadata
   key ``ids``. safetensors files are memory-mapped by ``safe_open`` as well.
 
@@ -74,7 +78,13 @@ class FeatureStore:
             array = np.load(path, mmap_mode="r")
         except ValueError as err:
             raise DataError(f"{path}: not a readable .npy array ({err})") from None
-        return cls(path, array, _read_ids(id_file))
+        ids, fingerprint = _read_ids(id_file)
+        if fingerprint is not None and fingerprint != array_fingerprint(array):
+            raise DataError(
+                f"{id_file}: these ids were written for another version of {path.name} (an "
+                "interrupted write?); run the command that wrote them again"
+            )
+        return cls(path, array, ids)
 
     @classmethod
     def _open_safetensors(cls, path: Path) -> FeatureStore:
@@ -108,8 +118,33 @@ class FeatureStore:
         return out
 
 
-def _read_ids(path: Path) -> list[str]:
-    return _parse_ids(path.read_text(encoding="utf-8"), path)
+def array_fingerprint(array: np.ndarray) -> str:
+    """A cheap content fingerprint of a C-ordered array: shape, dtype, first and last MiB.
+
+    Enough to tell two versions of a feature file apart (re-embedding changes the first rows),
+    without reading a multi-gigabyte memory-mapped array whole.
+    """
+    import hashlib
+
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)  # no copy for C-ordered arrays
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((tuple(array.shape), array.dtype.str)).encode())
+    h.update(flat[: 1 << 20].tobytes())
+    h.update(flat[-(1 << 20) :].tobytes())
+    return h.hexdigest()
+
+
+def _read_ids(path: Path) -> tuple[list[str], str | None]:
+    """The ids of a ``.ids.json`` file, and the fingerprint of its array if it records one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: ids are not valid JSON ({err})") from None
+    if isinstance(data, dict):
+        array = data.get("array")
+        fingerprint = array.get("fingerprint") if isinstance(array, dict) else None
+        return _check_ids(data.get("ids"), path), fingerprint
+    return _check_ids(data, path), None
 
 
 def _parse_ids(text: str, path: Path) -> list[str]:
@@ -117,13 +152,18 @@ def _parse_ids(text: str, path: Path) -> list[str]:
         ids = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: ids are not valid JSON ({err})") from None
+    return _check_ids(ids, path)
+
+
+def _check_ids(ids: object, path: Path) -> list[str]:
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise DataError(f"{path}: ids must be a JSON list of strings")
+        raise DataError(f'{path}: ids must be a JSON list of strings (or {{"ids": [...]}})')
     return ids
 
 
 def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray) -> None:
-    """Write features and their ids atomically (array first, ids last: ids mark completion)."""
+    """Write features and their ids atomically (array first, then the ids with the array's
+    fingerprint: a kill between the two renames is detected when the store is opened)."""""
     path = Path(path)
     features = np.ascontiguousarray(features, dtype=np.float32)
     if features.shape[0] != len(ids):
@@ -138,5 +178,6 @@ def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray) -
         raise DataError(f"{path}: unknown feature file type (expected .npy or .safetensors)")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, features)
+    record = {"ids": list(ids), "array": {"fingerprint": array_fingerprint(features)}}
     with atomic_path(ids_path(path)) as tmp:
-        tmp.write_text(json.dumps(list(ids)), encoding="utf-8")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
