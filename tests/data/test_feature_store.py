@@ -50,7 +50,9 @@ def test_ids_written_for_another_array_are_refused(tmp_path: Path) -> None:
     write_features(path, ["a", "b", "c"], old)
     assert json.loads((tmp_path / "f.ids.json").read_text())["ids"] == ["a", "b", "c"]
     np.save(path, old[::-1].copy())  # the re-embedded array landed; its ids did not
-    with pytest.raises(DataError, match=r"f\.ids\.json: these ids were written for another version"):
+    with pytest.raises(
+        DataError, match=r"f\.ids\.json: these ids were written for another version"
+    ):
         FeatureStore.open(path)
     write_features(path, ["c", "b", "a"], old[::-1].copy())  # the re-run completes the pair
     np.testing.assert_array_equal(FeatureStore.open(path).rows(["a"]), old[[0]])

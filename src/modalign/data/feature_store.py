@@ -163,7 +163,7 @@ def _check_ids(ids: object, path: Path) -> list[str]:
 
 def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray) -> None:
     """Write features and their ids atomically (array first, then the ids with the array's
-    fingerprint: a kill between the two renames is detected when the store is opened)."""""
+    fingerprint: a kill between the two renames is detected when the store is opened)."""
     path = Path(path)
     features = np.ascontiguousarray(features, dtype=np.float32)
     if features.shape[0] != len(ids):
