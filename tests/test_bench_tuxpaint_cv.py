@@ -1,0 +1,48 @@
+"""The cross-validation benchmark's fold assignment and its summary (benchmarks/bench_tuxpaint_cv.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).parents[1] / "benchmarks" / "bench_tuxpaint_cv.py"
+_spec = importlib.util.spec_from_file_location("bench_tuxpaint_cv", _PATH)
+assert _spec is not None and _spec.loader is not None
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_each_group_is_held_out_exactly_once_and_never_split() -> None:
+    rng = np.random.default_rng(0)
+    groups = [f"g{int(i)}" for i in rng.integers(0, 120, size=500)]
+    held_out = {g: 0 for g in groups}
+    for i in range(5):
+        splits = bench.fold_splits(groups, 5, i, seed=3)
+        for g in set(groups):  # a caption group never straddles two splits
+            assert len({s for s, h in zip(splits, groups, strict=True) if h == g}) == 1
+        for g in {h for s, h in zip(splits, groups, strict=True) if s == "test"}:
+            held_out[g] += 1
+        share = np.mean(splits == "val") / np.mean(splits != "test")
+        assert 0.03 < share < 0.25  # about 11% of the non-held-out groups validate
+    assert set(held_out.values()) == {1}
+    assert (bench.fold_splits(groups, 5, 2, seed=3) == bench.fold_splits(groups, 5, 2, 3)).all()
+    assert not (bench.fold_splits(groups, 5, 2, seed=3) == bench.fold_splits(groups, 5, 2, 4)).all()
+
+
+def test_summary_against_a_hand_table() -> None:
+    def fold(model: float, cca: float) -> dict[str, dict[str, float]]:
+        keys = [f"test/{d}/recall@1" for d in bench.DIRECTIONS]
+        return {"model": dict.fromkeys(keys, model), "cca": dict.fromkeys(keys, cca)}
+
+    # differences 0.1, 0.0, -0.05: mean 0.0167, sample sd 0.0764, se 0.0441
+    out = bench.summarise("r", [fold(0.5, 0.4), fold(0.3, 0.3), fold(0.2, 0.25)])
+    d = "image_to_caption"
+    assert out["folds"] == 3
+    assert out[f"{d}/model"] == pytest.approx(0.3333, abs=1e-4)
+    assert out[f"{d}/cca"] == pytest.approx(0.3167, abs=1e-4)
+    assert out[f"{d}/model-cca"] == pytest.approx(0.0167, abs=1e-4)
+    assert out[f"{d}/model-cca/se"] == pytest.approx(0.0441, abs=1e-4)
+    assert out[f"{d}/model-cca/win-tie-loss"] == [1, 1, 1]
