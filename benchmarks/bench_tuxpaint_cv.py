@@ -14,7 +14,7 @@ train+val stamps (the test stamps are never read), for several fold seeds:
   each baseline, and the mean paired difference model - baseline with its standard error over
   folds and the number of folds the model wins, ties and loses.
 
-Usage (features come from the demo's cache, so run ``modalign demo`` once first):
+Usage (features come from the demo's feature cache; the first run fills it, about a minute):
     python benchmarks/bench_tuxpaint_cv.py                            # the demo's own recipe
     python benchmarks/bench_tuxpaint_cv.py --recipe demo \\
         --recipe scratch-mlp 'model.head.init=random' 'model.head.kind=mlp' 'train.lr=1e-3'
