@@ -136,10 +136,7 @@ def array_fingerprint(array: np.ndarray) -> str:
 
 def _read_ids(path: Path) -> tuple[list[str], str | None]:
     """The ids of a ``.ids.json`` file, and the fingerprint of its array if it records one."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: ids are not valid JSON ({err})") from None
+    data = _load_json(path.read_text(encoding="utf-8"), path)
     if isinstance(data, dict):
         array = data.get("array")
         fingerprint = array.get("fingerprint") if isinstance(array, dict) else None
@@ -148,11 +145,14 @@ def _read_ids(path: Path) -> tuple[list[str], str | None]:
 
 
 def _parse_ids(text: str, path: Path) -> list[str]:
+    return _check_ids(_load_json(text, path), path)
+
+
+def _load_json(text: str, path: Path) -> object:
     try:
-        ids = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: ids are not valid JSON ({err})") from None
-    return _check_ids(ids, path)
 
 
 def _check_ids(ids: object, path: Path) -> list[str]:
