@@ -74,5 +74,8 @@ def test_plain_list_ids_and_bad_records(tmp_path: Path) -> None:
     (tmp_path / "f.ids.json").write_text(json.dumps({"ids": "a"}))
     with pytest.raises(DataError, match="ids must be a JSON list of strings"):
         FeatureStore.open(tmp_path / "f.npy")
+    (tmp_path / "f.ids.json").write_text('{"ids": ["a"')
+    with pytest.raises(DataError, match=r"f\.ids\.json: ids are not valid JSON"):
+        FeatureStore.open(tmp_path / "f.npy")
     (tmp_path / "f.ids.json").write_text(json.dumps(["a"]))  # as a user writes it: no fingerprint
     assert FeatureStore.open(tmp_path / "f.npy").ids == ["a"]
