@@ -57,14 +57,14 @@ def run_fold(manifest: Path, features: Path, overrides: list[str], work: Path) -
     """Train the demo's recipe on one fold's manifest; model and baseline test metrics."""
     from modalign.config import load_config
     from modalign.demo import CONFIG, score_baselines
-    from modalign.train.loop import train
+    from modalign.train.loop import fit
 
     sets = [f"data.manifest={manifest}", "eval.splits=[test]", "train.tensorboard=false"]
     sets += [f"data.features.{m}={features / (m + '.npy')}" for m in ("image", "caption", "sound")]
     cfg = load_config(CONFIG, sets + overrides)
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    metrics = train(cfg, run_dir)
+    metrics = fit(cfg, run_dir)
     return {"model": metrics, **score_baselines(cfg, run_dir)}
 
 

@@ -3,12 +3,12 @@
 Train one embedding space shared by several modalities and measure how well it is aligned.
 
 The public API is imported lazily (PEP 562), so ``import modalign`` and ``modalign --version``
-stay fast; ``modalign.train`` and the rest load their modules on first use.
+stay fast; ``modalign.fit`` and the rest load their modules on first use.
 
 Example:
     >>> import modalign
     >>> cfg = modalign.load_config(None, ["train.epochs=1"])
-    >>> cfg.train.epochs, "train" in modalign.__all__
+    >>> cfg.train.epochs, "fit" in modalign.__all__
     (1, True)
 """
 
@@ -22,17 +22,17 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "modalign.config",
     "load_config": "modalign.config",
-    "EmbeddingSet": "modalign.embeddings",
+    "EmbeddingSet": "modalign.types",
     "Encoder": "modalign.encoders",
     "ENCODERS": "modalign.encoders",
     "LOSSES": "modalign.losses",
     "Aligner": "modalign.model",
-    "train": "modalign.train.loop",
-    "embed_run": "modalign.train.inference",
-    "embed_manifest": "modalign.embed",
+    "fit": "modalign.train.loop",
+    "embed_run": "modalign.model.inference",
+    "embed_manifest": "modalign.features",
     "read_manifest": "modalign.data.manifest",
-    "FeatureStore": "modalign.data.feature_store",
-    "write_features": "modalign.data.feature_store",
+    "FeatureStore": "modalign.features",
+    "write_features": "modalign.features",
     "evaluate_retrieval": "modalign.eval.retrieval",
     "evaluate_split": "modalign.eval.suite",
 }

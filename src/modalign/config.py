@@ -43,7 +43,7 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Projection head from encoder features to the shared space (see ``modalign.heads``)."""
+    """Projection head from encoder features to the shared space (see ``modalign.model.heads``)."""
 
     kind: Literal["linear", "mlp"] = "mlp"
     hidden_dim: int = 1024
@@ -52,7 +52,7 @@ class HeadConfig:
         None  # None: layer for mlp, none for linear
     )
     bias: bool = False  # linear heads: add a bias (a fitted init needs it to centre features)
-    init: Literal["random", "cca"] = "random"  # "cca": see modalign.train.init
+    init: Literal["random", "cca"] = "random"  # "cca": see modalign.model.init
     init_pca_dim: int | None = None  # PCA width before the CCA (None: full rank)
     init_reg: float = 0.1  # covariance shrinkage of the CCA, relative to the mean eigenvalue
 

@@ -18,10 +18,10 @@ import numpy as np
 from modalign.config import Config, load_config
 from modalign.data.manifest import read_manifest
 from modalign.data.tuxpaint import DEFAULT_ROOT, build_tuxpaint_manifest
-from modalign.embeddings import EmbeddingSet
 from modalign.encoders import build_encoder
-from modalign.eval.report import RetrievalExample, Section
 from modalign.io import write_json_atomic
+from modalign.report.html import RetrievalExample, Section
+from modalign.types import EmbeddingSet
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,10 @@ def run_demo(
     run_dir = out / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    from modalign.train.loop import train
+    from modalign.train.loop import fit
 
     t = time.perf_counter()
-    metrics = train(cfg, run_dir)
+    metrics = fit(cfg, run_dir)
     seconds["train"] = time.perf_counter() - t
     t = time.perf_counter()
     baselines = score_baselines(cfg, run_dir)
@@ -87,7 +87,7 @@ def _truncate_manifest(path: Path, limit: int) -> None:
 
 def embed_features(cfg: Config, cache: Path) -> None:
     """Run the config's frozen encoders into its ``data.features`` files, through the cache."""
-    from modalign.embed import embed_manifest
+    from modalign.features.extract import embed_manifest
 
     manifest = read_manifest(cfg.data.manifest, list(cfg.data.modalities))
     encoders = {
@@ -119,7 +119,7 @@ def demo_config(manifest_path: Path, feature_dir: Path, smoke: bool) -> Config:
 def score_baselines(cfg: Config, run_dir: Path) -> dict[str, dict[str, float]]:
     """Baselines fitted on the same frozen features and splits as the model; ``baselines.json``."""
     from modalign.eval.baselines import evaluate_baselines, fit_baselines
-    from modalign.train.setup import build_parts
+    from modalign.pipeline import build_parts
 
     parts = build_parts(cfg)
     data = parts.data
@@ -145,9 +145,9 @@ def write_demo_report(
     cfg: Config, run_dir: Path, metrics: dict[str, float], baselines: dict[str, dict[str, float]]
 ) -> Path:
     """``report.html``: training curves, evaluation of the test split, baselines, examples."""
-    from modalign.eval import report as rp
     from modalign.eval.suite import evaluate_split
-    from modalign.train.inference import embed_run
+    from modalign.model.inference import embed_run
+    from modalign.report import html as rp
 
     emb = embed_run(run_dir, ["test"])["test"]
     ev = evaluate_split(emb, "test", cfg.eval.ks)
@@ -166,7 +166,7 @@ def write_demo_report(
 
 def baseline_section(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> Section:
     """Test R@1 of the trained model next to every baseline, per direction."""
-    from modalign.eval import report as rp
+    from modalign.report import html as rp
 
     keys = sorted(k for k in metrics if k.startswith("test/") and k.endswith("/recall@1"))
     header = ["direction", "trained", *baselines]

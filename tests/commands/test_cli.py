@@ -79,7 +79,7 @@ def test_eval_of_a_run_whose_features_changed_width(
 ) -> None:
     import numpy as np
 
-    from modalign.data.feature_store import FeatureStore, write_features
+    from modalign.features.store import FeatureStore, write_features
 
     cfg = synthetic_config(tmp_path / "data", n=300)
     save_config(cfg, tmp_path / "c.yaml")

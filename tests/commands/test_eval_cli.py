@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from modalign.cli import main
-from modalign.eval.report import (
+from modalign.report.html import (
     RetrievalExample,
     Section,
     examples_section,
@@ -184,7 +184,7 @@ def test_eval_a_trained_run_folder(tmp_path, capsys):
 
 
 def test_training_curves_plot_recall_at_1_not_recall_at_10():
-    from modalign.eval.report import recall_at_1_keys
+    from modalign.report.html import recall_at_1_keys
 
     rows = [
         {"step": 1, "train/loss": 2.0},

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from modalign.config import load_config
-from modalign.data.feature_store import write_features
 from modalign.errors import ConfigError, DataError
-from modalign.train.setup import build_parts
+from modalign.features.store import write_features
+from modalign.pipeline import build_parts
 
 
 def write_case(tmp_path: Path, n: int = 40, text_rows: np.ndarray | None = None) -> list[str]:

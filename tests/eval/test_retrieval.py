@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from modalign.embeddings import EmbeddingSet
 from modalign.eval import retrieval
 from modalign.eval.retrieval import (
     evaluate_retrieval,
@@ -16,6 +15,7 @@ from modalign.eval.retrieval import (
     top_k,
     unique_present_rows,
 )
+from modalign.types import EmbeddingSet
 
 
 def _normed(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -16,9 +16,9 @@ from modalign.config import load_config
 from modalign.data.paired import Batch
 from modalign.errors import ConfigError
 from modalign.losses import info_nce_loss
-from modalign.train.logging import read_log
-from modalign.train.loop import Trainer, make_optimizer, make_schedule, pair_losses, train
-from modalign.train.setup import build_parts
+from modalign.pipeline import build_parts
+from modalign.train.loop import Trainer, fit, make_optimizer, make_schedule, pair_losses
+from modalign.train.metrics_log import read_log
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from conftest import synthetic_config
@@ -26,7 +26,7 @@ from conftest import synthetic_config
 
 def test_trains_far_above_chance_and_writes_run_folder(tmp_path: Path) -> None:
     cfg = synthetic_config(tmp_path / "data", ["train.epochs=8"], n=2000, noise=0.6)
-    metrics = train(cfg, tmp_path / "run")
+    metrics = fit(cfg, tmp_path / "run")
     n_test = metrics["test/image_to_text/n_gallery"]
     chance = 1 / n_test
     for direction in ("image_to_text", "text_to_image"):
@@ -71,7 +71,7 @@ def test_three_modalities_missing_cells_groups_siglip(tmp_path: Path) -> None:
         groups=500,
         noise=0.3,
     )
-    metrics = train(cfg, tmp_path / "run")
+    metrics = fit(cfg, tmp_path / "run")
     directions = {k.split("/")[1] for k in metrics}
     assert len(directions) == 6  # every ordered pair of three modalities
     for d in directions:
@@ -140,7 +140,7 @@ def test_temperature_starts_at_007_and_is_clamped(small_config) -> None:  # type
 
 
 def test_refuses_to_overwrite_a_run(small_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    train(small_config, tmp_path / "run")
+    fit(small_config, tmp_path / "run")
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         Trainer(small_config, tmp_path / "run")
     with pytest.raises(ConfigError, match="nothing to resume"):
@@ -215,7 +215,7 @@ def _run_losses(cfg, run_dir: Path, extra: list[str]) -> list[float]:  # type: i
         "model.head.dropout=0",
         *extra,
     ]
-    train(load(None, overrides), run_dir)
+    fit(load(None, overrides), run_dir)
     return [r["train/loss"] for r in read_log(run_dir) if "train/loss" in r]
 
 
@@ -287,7 +287,7 @@ def test_accumulation_never_carries_gradients_into_the_next_epoch(tmp_path: Path
 
 def test_resume_with_another_config_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = synthetic_config(tmp_path / "data", ["train.epochs=1"], n=300)
-    train(cfg, tmp_path / "run")
+    fit(cfg, tmp_path / "run")
     changed = load_config(None, [*_data_overrides(cfg), "train.epochs=2", "train.lr=0.01"])
     with caplog.at_level("WARNING"):
         Trainer(changed, tmp_path / "run", resume=True)

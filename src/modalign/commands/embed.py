@@ -107,8 +107,8 @@ def _plan(
 
 def run(args: argparse.Namespace) -> int:
     from modalign.data.manifest import read_manifest
-    from modalign.embed import embed_manifest
     from modalign.encoders import ENCODERS, build_encoder
+    from modalign.features.extract import embed_manifest
 
     manifest_path, specs, outputs = _plan(args)
     wanted = {

@@ -87,7 +87,7 @@ def _load_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Path]:
         )
     if not args.run_dir.is_dir():
         raise DataError(f"{args.run_dir}: not a run folder")
-    from modalign.train.inference import embed_run  # lazy: training pulls in the model stack
+    from modalign.model.inference import embed_run  # lazy: training pulls in the model stack
 
     return embed_run(args.run_dir, args.splits), None, args.out or args.run_dir
 
@@ -120,8 +120,8 @@ def _class_spec(names_file: Path | None, protos: Any, labels: Any, source: Path)
 
 def _write_outputs(out: Path, evaluations: list[Any], merge: bool, report: bool) -> None:
     from modalign.eval.files import save_per_query
-    from modalign.eval.report import evaluation_sections, training_section, write_report
     from modalign.io import write_json_atomic
+    from modalign.report.html import evaluation_sections, training_section, write_report
 
     metrics: dict[str, float] = {}
     if merge and (out / "metrics.json").is_file():

@@ -28,11 +28,11 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modalign.train.loop import train
+    from modalign.train.loop import fit
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / cfg.name
-    metrics = train(cfg, out, resume=args.resume)
+    metrics = fit(cfg, out, resume=args.resume)
     if not metrics:  # not the first of several processes: it prints the result
         return 0
     headline = {

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from modalign.config import DataConfig
-from modalign.data.feature_store import FeatureStore
 from modalign.data.manifest import Manifest, assign_splits
 from modalign.encoders import Encoder
 from modalign.errors import DataError
+from modalign.features.store import FeatureStore
 
 log = logging.getLogger(__name__)
 

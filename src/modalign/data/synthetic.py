@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modalign.data.feature_store import write_features
+from modalign.features.store import write_features
 
 
 def make_views(

@@ -42,8 +42,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from modalign.embeddings import EmbeddingSet
 from modalign.errors import DataError
+from modalign.types import EmbeddingSet
 
 BASELINES = ("random", "procrustes", "cca")
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from modalign.embeddings import EmbeddingSet
 from modalign.errors import DataError
 from modalign.eval.retrieval import PerQueryRetrieval
 from modalign.io import atomic_path
+from modalign.types import EmbeddingSet
 
 RESERVED = {"group", "label", "id", "classes"}
 

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from modalign.embeddings import EmbeddingSet
+from modalign.types import EmbeddingSet
 
 #: Above this many positives per query, ranks are found by sorting rows instead of one pass each.
 SORT_THRESHOLD = 16

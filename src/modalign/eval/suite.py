@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from modalign.embeddings import EmbeddingSet
 from modalign.eval import diagnostics as dg
 from modalign.eval.bootstrap import bootstrap_intervals
 from modalign.eval.probe import probe_metrics
@@ -36,6 +35,7 @@ from modalign.eval.retrieval import (
     summarize_retrieval,
 )
 from modalign.eval.zeroshot import zero_shot_metrics, zero_shot_scores
+from modalign.types import EmbeddingSet
 
 #: Metrics that get bootstrap intervals (every retrieval metric that is a per-query statistic).
 HEADLINE = ("recall@", "precision@", "ndcg@", "mrr", "map", "mean_rank", "median_rank")

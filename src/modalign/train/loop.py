@@ -24,7 +24,10 @@ from modalign.data.paired import Batch, BatchDataset, EpochBatches, merge_chunks
 from modalign.errors import ConfigError
 from modalign.io import write_json_atomic
 from modalign.losses.engine import pair_loss
-from modalign.model import Aligner
+from modalign.model.aligner import Aligner
+from modalign.model.inference import embed_split, to_device
+from modalign.model.init import init_heads_cca
+from modalign.pipeline import RunParts, build_parts
 from modalign.train.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -33,10 +36,7 @@ from modalign.train.checkpoint import (
     set_rng_state,
 )
 from modalign.train.gradcache import gradcache_step
-from modalign.train.inference import embed_split, to_device
-from modalign.train.init import init_heads_cca
-from modalign.train.logging import MetricsLogger
-from modalign.train.setup import RunParts, build_parts
+from modalign.train.metrics_log import MetricsLogger
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +419,7 @@ class Trainer:
         return metrics
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, float]:
+def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, float]:
     """Train a run described by ``cfg`` into ``run_dir``; returns the final metrics."""
     try:
         return Trainer(cfg, run_dir, resume).fit()

@@ -8,13 +8,13 @@ from itertools import combinations
 from typing import Any
 
 from modalign.config import Config
-from modalign.data.feature_store import FeatureStore
 from modalign.data.manifest import read_manifest
 from modalign.data.paired import PairedData, open_feature_stores
 from modalign.encoders import ENCODERS, Encoder
 from modalign.errors import ConfigError
+from modalign.features.store import FeatureStore
 from modalign.losses import LOSSES
-from modalign.model import Aligner, build_model
+from modalign.model.aligner import Aligner, build_model
 
 
 @dataclass

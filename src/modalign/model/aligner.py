@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from modalign.config import Config
 from modalign.encoders import Encoder, build_encoder
-from modalign.heads import HEADS
+from modalign.model.heads import HEADS
 
 DEFAULT_TEMPERATURE = {"infonce": 0.07, "siglip": 0.1}
 DEFAULT_BIAS = {"siglip": -10.0}
@@ -27,7 +27,7 @@ class Aligner(nn.Module):
 
     Example:
         >>> from modalign.encoders.features import PrecomputedEncoder
-        >>> from modalign.heads import LinearHead
+        >>> from modalign.model.heads import LinearHead
         >>> model = Aligner(
         ...     {"a": PrecomputedEncoder("a", input_dim=6), "b": PrecomputedEncoder("b", input_dim=3)},
         ...     {"a": LinearHead(6, 4), "b": LinearHead(3, 4)},

@@ -37,9 +37,9 @@ from torch import nn
 from modalign.data.paired import PairedData, iterate_rows
 from modalign.errors import ConfigError, DataError
 from modalign.eval.baselines import fit_cca, fit_pca
-from modalign.heads import LinearHead, MLPHead, Standardize
-from modalign.model import Aligner
-from modalign.train.inference import to_device
+from modalign.model.aligner import Aligner
+from modalign.model.heads import LinearHead, MLPHead, Standardize
+from modalign.model.inference import to_device
 
 log = logging.getLogger(__name__)
 

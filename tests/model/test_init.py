@@ -12,9 +12,9 @@ from tests.conftest import synthetic_config
 
 from modalign.errors import ConfigError
 from modalign.eval.baselines import _Pair
-from modalign.heads import LinearHead, MLPHead
-from modalign.train.init import fit_cca_init, fit_ridge_init, set_head_affine
-from modalign.train.loop import Trainer, train
+from modalign.model.heads import LinearHead, MLPHead
+from modalign.model.init import fit_cca_init, fit_ridge_init, set_head_affine
+from modalign.train.loop import Trainer, fit
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ def test_training_from_cca_scores_the_init_as_epoch_0(tmp_path: Path) -> None:
         groups=300,
         noise=0.3,
     )
-    metrics = train(cfg, tmp_path / "run")
+    metrics = fit(cfg, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert records[0]["epoch"] == 0 and "val/image_to_text/recall@1" in records[0]
     for d in ("image_to_text", "audio_to_image", "text_to_audio"):  # audio: ridge-mapped

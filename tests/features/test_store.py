@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modalign.data.feature_store import FeatureStore, write_features
 from modalign.errors import DataError
+from modalign.features.store import FeatureStore, write_features
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
@@ -59,7 +59,7 @@ def test_ids_written_for_another_array_are_refused(tmp_path: Path) -> None:
 
 
 def test_fingerprint_covers_both_ends_of_large_arrays(tmp_path: Path) -> None:
-    from modalign.data.feature_store import array_fingerprint
+    from modalign.features.store import array_fingerprint
 
     big = np.zeros((3000, 256), np.float32)  # 3 MiB: first and last MiB do not overlap
     changed = big.copy()

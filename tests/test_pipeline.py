@@ -4,7 +4,7 @@ import torch
 
 from modalign.config import load_config
 from modalign.encoders import ENCODERS, Encoder
-from modalign.train.setup import encoder_spec
+from modalign.pipeline import encoder_spec
 
 
 @ENCODERS.register("test_frozen_lengths")

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from modalign.heads import LinearHead, MLPHead, Standardize
+from modalign.model.heads import LinearHead, MLPHead, Standardize
 
 
 def test_standardize_matches_numpy_z_scores_and_survives_one_row() -> None:

@@ -11,10 +11,10 @@ import torch
 
 from modalign.config import Config, load_config
 from modalign.data.paired import PairedData, iterate_rows
-from modalign.embeddings import EmbeddingSet
 from modalign.errors import DataError
-from modalign.model import Aligner
+from modalign.model.aligner import Aligner
 from modalign.train.checkpoint import load_checkpoint
+from modalign.types import EmbeddingSet
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -64,7 +64,7 @@ def embed_split(
 
 def load_run(run_dir: Path, which: str = "best") -> tuple[Config, Aligner, PairedData]:
     """Rebuild a finished run's model (``best`` or ``last`` weights) and data from its folder."""
-    from modalign.train.setup import build_parts
+    from modalign.pipeline import build_parts
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"

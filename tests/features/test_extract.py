@@ -14,19 +14,19 @@ import pytest
 import torch
 
 from modalign.cli import main
-from modalign.data.feature_store import FeatureStore
 from modalign.data.manifest import read_manifest
-from modalign.embed import embed_manifest
 from modalign.encoders.audio import ConvAudioEncoder, LogMelStatsEncoder
 from modalign.encoders.common import ItemSkipped
 from modalign.errors import ConfigError, DataError
+from modalign.features.extract import embed_manifest
+from modalign.features.store import FeatureStore
 
 sf = pytest.importorskip("soundfile")
 
 SLOW_SCRIPT = """
 import sys, time
 from modalign.data.manifest import read_manifest
-from modalign.embed import embed_manifest
+from modalign.features.extract import embed_manifest
 from modalign.encoders.audio import LogMelStatsEncoder
 
 class Slow(LogMelStatsEncoder):  # a user encoder, slowed so the kill lands mid-run

@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -40,12 +39,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from modalign.data.feature_store import write_features
 from modalign.data.manifest import Manifest
 from modalign.encoders.base import Encoder
 from modalign.encoders.common import ItemSkipped
 from modalign.errors import ConfigError, DataError
-from modalign.io import atomic_path
+from modalign.features.cache import FeatureCache, digest
+from modalign.features.store import write_features
 
 log = logging.getLogger(__name__)
 
@@ -70,45 +69,6 @@ class EmbedResult:
     n_computed: int
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def _digest(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
-
-
-class FeatureCache:
-    """Append-only shards of (item key, feature row) for one encoder configuration."""
-
-    def __init__(self, folder: Path, cache_key: str) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        key_file = folder / "cache_key.txt"
-        if not key_file.exists():
-            with atomic_path(key_file) as tmp:
-                tmp.write_text(cache_key + "\n", encoding="utf-8")
-
-    def read(self) -> dict[str, np.ndarray]:
-        """Item key -> feature row, from every complete shard."""
-        rows: dict[str, np.ndarray] = {}
-        for shard in sorted(self.folder.glob("shard-*.npz")):
-            try:
-                with np.load(shard, allow_pickle=False) as data:
-                    rows.update(zip(data["keys"].tolist(), data["features"], strict=True))
-            except (
-                OSError,
-                ValueError,
-                KeyError,
-            ) as err:  # only a foreign or damaged file gets here
-                log.warning("%s: ignoring unreadable cache shard (%s)", shard, err)
-        return rows
-
-    def write(self, keys: Sequence[str], features: np.ndarray) -> None:
-        """Add one shard atomically (a kill leaves a ``.tmp`` file, never a partial shard)."""
-        name = f"shard-{time.time_ns():020d}-{os.getpid()}.npz"
-        with atomic_path(self.folder / name) as tmp, open(tmp, "wb") as f:
-            np.savez(
-                f, keys=np.asarray(keys, dtype=str), features=np.asarray(features, dtype=np.float32)
-            )
 
 
 class _LoadDataset(torch.utils.data.Dataset[tuple[int, Any]]):
@@ -155,7 +115,7 @@ def item_keys(
 ) -> tuple[list[str], list[str]]:
     """Sources to load and cache keys: file cells by resolved path + size + mtime, texts by text."""
     if not encoder.reads_files:
-        return list(cells), [_digest("text\0" + c) for c in cells]
+        return list(cells), [digest("text\0" + c) for c in cells]
     sources, keys = [], []
     for cell in cells:
         path = resolve(cell).resolve()
@@ -164,7 +124,7 @@ def item_keys(
         except OSError:
             raise DataError(f"file {str(path)!r} (manifest cell {cell!r}) not found") from None
         sources.append(str(path))
-        keys.append(_digest(f"file\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}"))
+        keys.append(digest(f"file\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}"))
     return sources, keys
 
 
@@ -278,7 +238,7 @@ def embed_manifest(
         start = time.perf_counter()
         cells = list(dict.fromkeys(c for c in manifest.cells[modality] if c is not None))
         key = encoder.cache_key()
-        cache = FeatureCache(root / modality / _digest(key)[:16], key)
+        cache = FeatureCache(root / modality / digest(key)[:16], key)
         ids, array, n_cached, skipped = embed_cells(
             cells,
             encoder,

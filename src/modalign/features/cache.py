@@ -1,0 +1,61 @@
+"""The feature cache: append-only shards of (item key, feature row) per encoder configuration.
+
+One folder per encoder configuration (``cache_dir/<modality>/<hash of encoder.cache_key()>/``).
+Each shard is written atomically, so a kill leaves complete shards and at most a ``.tmp`` file
+that is never read; a re-run computes only what no complete shard holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from modalign.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def digest(text: str) -> str:
+    """A short stable hash of ``text`` (cache keys and folder names)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class FeatureCache:
+    """Append-only shards of (item key, feature row) for one encoder configuration."""
+
+    def __init__(self, folder: Path, cache_key: str) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        key_file = folder / "cache_key.txt"
+        if not key_file.exists():
+            with atomic_path(key_file) as tmp:
+                tmp.write_text(cache_key + "\n", encoding="utf-8")
+
+    def read(self) -> dict[str, np.ndarray]:
+        """Item key -> feature row, from every complete shard."""
+        rows: dict[str, np.ndarray] = {}
+        for shard in sorted(self.folder.glob("shard-*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    rows.update(zip(data["keys"].tolist(), data["features"], strict=True))
+            except (
+                OSError,
+                ValueError,
+                KeyError,
+            ) as err:  # only a foreign or damaged file gets here
+                log.warning("%s: ignoring unreadable cache shard (%s)", shard, err)
+        return rows
+
+    def write(self, keys: Sequence[str], features: np.ndarray) -> None:
+        """Add one shard atomically (a kill leaves a ``.tmp`` file, never a partial shard)."""
+        name = f"shard-{time.time_ns():020d}-{os.getpid()}.npz"
+        with atomic_path(self.folder / name) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f, keys=np.asarray(keys, dtype=str), features=np.asarray(features, dtype=np.float32)
+            )
