@@ -57,15 +57,16 @@ def run_fold(manifest: Path, features: Path, overrides: list[str], work: Path) -
     """Train the demo's recipe on one fold's manifest; model and baseline test metrics."""
     from modalign.config import load_config
     from modalign.demo import CONFIG, score_baselines
-    from modalign.train.loop import fit
+    from modalign.train.loop import Trainer
 
     sets = [f"data.manifest={manifest}", "eval.splits=[test]", "train.tensorboard=false"]
     sets += [f"data.features.{m}={features / (m + '.npy')}" for m in ("image", "caption", "sound")]
     cfg = load_config(CONFIG, sets + overrides)
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    metrics = fit(cfg, run_dir)
-    return {"model": metrics, **score_baselines(cfg, run_dir)}
+    trainer = Trainer(cfg, run_dir)
+    metrics = trainer.fit()
+    return {"model": metrics, **score_baselines(trainer.parts, cfg.eval)}
 
 
 def summarise(name: str, folds: list[dict[str, dict]]) -> dict:
@@ -108,13 +109,15 @@ def main(argv: list[str] | None = None) -> None:
 
     import pandas as pd
 
+    from modalign.data.manifest import read_manifest
     from modalign.data.tuxpaint import build_tuxpaint_manifest
     from modalign.demo import default_cache, demo_config, embed_features
 
     work = Path(tempfile.mkdtemp(prefix="bench_tuxpaint_"))
     demo_dir = args.demo_dir or work
     manifest = build_tuxpaint_manifest(demo_dir / "tuxpaint.csv")
-    embed_features(demo_config(manifest, demo_dir / "features", False), default_cache())
+    cfg = demo_config(manifest, demo_dir / "features", False)
+    embed_features(cfg, read_manifest(manifest, cfg.data.modalities), default_cache())
     frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     frame = frame[frame["split"].isin(["train", "val"])].reset_index(drop=True)
     groups = frame["group"].tolist()

@@ -27,14 +27,14 @@ WORKER = textwrap.dedent(
     import torch
     import torch.nn.functional as F
     from modalign import distributed
-    from modalign.losses import LOSSES
+    from modalign.losses import register_loss
     from modalign.losses.engine import pair_loss
     from modalign.losses.functional import info_nce_loss
 
     sys.path.insert(0, sys.argv[2])
     from test_distributed import CASES, SPLIT, _setup
 
-    LOSSES.register("plain_infonce")(info_nce_loss)  # a loss without a tiled kernel
+    register_loss("plain_infonce")(info_nce_loss)  # a loss without a tiled kernel
     assert distributed.init_from_env(backend="gloo")
     rank = distributed.rank()
     start = sum(SPLIT[:rank])

@@ -52,7 +52,7 @@ class HeadConfig:
         None  # None: layer for mlp, none for linear
     )
     bias: bool = False  # linear heads: add a bias (a fitted init needs it to centre features)
-    init: Literal["random", "cca"] = "random"  # "cca": see modalign.model.init
+    init: str = "random"  # a key of modalign.model.init.HEAD_INITS ("random", "cca")
     init_pca_dim: int | None = None  # PCA width before the CCA (None: full rank)
     init_reg: float = 0.1  # covariance shrinkage of the CCA, relative to the mean eigenvalue
 
@@ -87,14 +87,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The contrastive objective over pairs of modalities.
+    """The contrastive objective over the modalities.
 
-    ``pairs`` lists modality pairs to align (default: every pair). ``init_temperature`` defaults
-    to 0.07 for InfoNCE (CLIP) and 0.1 for SigLIP; ``init_bias`` to -10 for SigLIP (the paper's
-    values). ``tile_size`` bounds the loss's memory (None: the engine's default).
+    ``objective`` names how modalities combine (``modalign.losses.objectives``: ``all_pairs``, or
+    ``anchor`` to align every modality with ``anchor`` only); ``name`` is the pair loss
+    (``modalign.losses.LOSSES``). ``pairs`` lists modality pairs to align (default: every pair,
+    or every pair with the anchor). ``anchor`` also picks the pair a fitted head start uses.
+    ``init_temperature`` and ``init_bias`` default to the loss's registered values (0.07 for
+    InfoNCE as in CLIP; 0.1 and -10 for SigLIP as in its paper). ``tile_size`` bounds the loss's
+    memory (None: the engine's default).
     """
 
     name: str = "infonce"
+    objective: str = "all_pairs"
+    anchor: str | None = None
     pairs: tuple[tuple[str, str], ...] = ()
     init_temperature: float | None = None
     learn_temperature: bool = True
@@ -238,6 +244,20 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         apply_override(raw, item)
     cfg = from_dict(raw, origin=str(path) if path else "--set")
     return resolve_paths(cfg, Path.cwd())
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with ``key=value`` overrides applied (type-checked; relative paths anchored to the
+    current directory, as on the command line).
+
+    Example:
+        >>> with_overrides(Config(), ["train.epochs=3"]).train.epochs
+        3
+    """
+    raw = to_dict(cfg)
+    for item in overrides:
+        apply_override(raw, item)
+    return resolve_paths(from_dict(raw, origin="--set"), Path.cwd())
 
 
 def from_dict(raw: dict[str, Any], origin: str = "config") -> Config:

@@ -1,26 +1,31 @@
 """The demo: align Tux Paint images, captions and sounds with real pretrained encoders.
 
-Steps, each reusing what an earlier run left: build the manifest from the installed stamps,
-embed every item with frozen encoders into a feature cache, train heads over the cached
-features, score the test split against baselines, and write ``report.html``.
+It reads top to bottom like README's paragraph: build the manifest from the installed stamps,
+embed every item with frozen encoders into a feature cache (a second run reuses it), train heads
+over the cached features, score the test split against baselines fitted on the same features,
+and write ``report.html``. The run's parts (manifest, feature stores, model) are built once, by
+the trainer, and passed down.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from modalign.config import Config, load_config
-from modalign.data.manifest import read_manifest
+from modalign.config import Config, EvalConfig, load_config, with_overrides
+from modalign.data.manifest import Manifest, read_manifest
 from modalign.data.tuxpaint import DEFAULT_ROOT, build_tuxpaint_manifest
 from modalign.encoders import build_encoder
 from modalign.io import write_json_atomic
+from modalign.pipeline import RunParts
 from modalign.report.html import RetrievalExample, Section
+from modalign.train.loop import Trainer
 from modalign.types import EmbeddingSet
 
 log = logging.getLogger(__name__)
@@ -37,10 +42,22 @@ class DemoResult:
     seconds: dict[str, float]
 
 
+@dataclass
+class _Stopwatch:
+    """Seconds per named step, and in total."""
+
+    start: float = field(default_factory=time.perf_counter)
+    last: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self.last = now - self.last, now
+        self.seconds["total"] = now - self.start
+
+
 def default_cache() -> Path:
     """Feature cache shared by demo runs: ``$XDG_CACHE_HOME/modalign`` or ``~/.cache/modalign``."""
-    import os
-
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modalign"
 
 
@@ -52,30 +69,25 @@ def run_demo(
     limit: int | None = None,
 ) -> DemoResult:
     """Run the whole demo into ``out`` (its ``run/`` subfolder is replaced)."""
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
+    clock = _Stopwatch()
     out = Path(out).resolve()
     manifest_path = build_tuxpaint_manifest(out / "tuxpaint.csv", root)
     if limit:
         _truncate_manifest(manifest_path, limit)
     cfg = demo_config(manifest_path, out / "features", smoke)
-    embed_features(cfg, cache or default_cache())
-    seconds["embed"] = time.perf_counter() - start
+    embed_features(cfg, read_manifest(manifest_path, cfg.data.modalities), cache or default_cache())
+    clock.lap("embed")
     run_dir = out / "run"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    from modalign.train.loop import fit
-
-    t = time.perf_counter()
-    metrics = fit(cfg, run_dir)
-    seconds["train"] = time.perf_counter() - t
-    t = time.perf_counter()
-    baselines = score_baselines(cfg, run_dir)
-    report = write_demo_report(cfg, run_dir, metrics, baselines)
-    seconds["report"] = time.perf_counter() - t
-    seconds["total"] = time.perf_counter() - start
-    write_json_atomic(run_dir / "timings.json", seconds)
-    return DemoResult(run_dir, report, metrics, baselines, seconds)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    trainer = Trainer(cfg, run_dir)
+    metrics = trainer.fit()
+    clock.lap("train")
+    baselines = score_baselines(trainer.parts, cfg.eval)
+    write_json_atomic(run_dir / "baselines.json", baselines)
+    report = write_demo_report(trainer, metrics, baselines)
+    clock.lap("report")
+    write_json_atomic(run_dir / "timings.json", clock.seconds)
+    return DemoResult(run_dir, report, metrics, baselines, clock.seconds)
 
 
 def _truncate_manifest(path: Path, limit: int) -> None:
@@ -85,11 +97,21 @@ def _truncate_manifest(path: Path, limit: int) -> None:
     frame.iloc[:limit].to_csv(path, index=False)
 
 
-def embed_features(cfg: Config, cache: Path) -> None:
+def demo_config(manifest_path: Path, feature_dir: Path, smoke: bool) -> Config:
+    """The packaged demo config with the data paths filled in (and a tiny setting for smoke runs)."""
+    cfg = load_config(CONFIG)
+    overrides = [f"data.manifest={manifest_path}"] + [
+        f"data.features.{m}={feature_dir / (m + '.npy')}" for m in cfg.data.modalities
+    ]
+    if smoke:
+        overrides += ["train.epochs=2", "train.warmup_steps=2", "data.min_rows=2"]
+    return with_overrides(cfg, overrides)
+
+
+def embed_features(cfg: Config, manifest: Manifest, cache: Path) -> None:
     """Run the config's frozen encoders into its ``data.features`` files, through the cache."""
     from modalign.features.extract import embed_manifest
 
-    manifest = read_manifest(cfg.data.manifest, list(cfg.data.modalities))
     encoders = {
         m: build_encoder(e.name, m, None, dict(e.options)) for m, e in cfg.model.encoders.items()
     }
@@ -97,64 +119,40 @@ def embed_features(cfg: Config, cache: Path) -> None:
     for m, r in results.items():
         log.info(
             "%s: %d items (%d from cache) in %.1fs; skipped %s",
-            m,
-            r.n_items,
-            r.n_cached,
-            r.seconds,
-            r.skipped or "none",
-        )
+            m, r.n_items, r.n_cached, r.seconds, r.skipped or "none",
+        )  # fmt: skip
 
 
-def demo_config(manifest_path: Path, feature_dir: Path, smoke: bool) -> Config:
-    """The packaged demo config with the data paths filled in (and a tiny setting for smoke runs)."""
-    modalities = load_config(CONFIG).data.modalities
-    overrides = [f"data.manifest={manifest_path}"] + [
-        f"data.features.{m}={feature_dir / (m + '.npy')}" for m in modalities
-    ]
-    if smoke:
-        overrides += ["train.epochs=2", "train.warmup_steps=2", "data.min_rows=2"]
-    return load_config(CONFIG, overrides)
-
-
-def score_baselines(cfg: Config, run_dir: Path) -> dict[str, dict[str, float]]:
-    """Baselines fitted on the same frozen features and splits as the model; ``baselines.json``."""
+def score_baselines(parts: RunParts, cfg: EvalConfig) -> dict[str, dict[str, float]]:
+    """Baselines fitted on the same frozen features and splits as the model, scored on
+    ``cfg.splits``: ``{baseline: {metric key: value}}``."""
     from modalign.eval.baselines import evaluate_baselines, fit_baselines
-    from modalign.pipeline import build_parts
 
-    parts = build_parts(cfg)
     data = parts.data
-    features = {}
-    for m, store in parts.stores.items():
-        rows = np.flatnonzero(data.present[m] & data.keep)
-        arr = np.full((len(data.manifest), store.dim), np.nan, dtype=np.float32)
-        arr[rows] = store.rows([data.keys[m][r] for r in rows])
-        features[m] = arr
-    splits = [
-        s if keep else "skipped" for s, keep in zip(data.splits.tolist(), data.keep, strict=True)
-    ]
-    fitted = fit_baselines(features, splits, data.manifest.ids, data.manifest.groups, parts.pairs)
+    features = {m: data.feature_matrix(m) for m in parts.stores}
+    fitted = fit_baselines(features, data.split_names(), data.manifest.ids, data.manifest.groups)
     scores: dict[str, dict[str, float]] = {}
-    for split in cfg.eval.splits:
-        for name, values in evaluate_baselines(fitted, split, cfg.eval.ks).items():
+    for split in cfg.splits:
+        for name, values in evaluate_baselines(fitted, split, cfg.ks).items():
             scores.setdefault(name, {}).update(values)
-    write_json_atomic(run_dir / "baselines.json", scores)
     return scores
 
 
 def write_demo_report(
-    cfg: Config, run_dir: Path, metrics: dict[str, float], baselines: dict[str, dict[str, float]]
+    trainer: Trainer, metrics: dict[str, float], baselines: dict[str, dict[str, float]]
 ) -> Path:
     """``report.html``: training curves, evaluation of the test split, baselines, examples."""
     from modalign.eval.suite import evaluate_split
-    from modalign.model.inference import embed_run
+    from modalign.model.inference import embed_split
     from modalign.report import html as rp
 
-    emb = embed_run(run_dir, ["test"])["test"]
+    cfg, data = trainer.cfg, trainer.parts.data
+    emb = embed_split(trainer.model, data, "test", cfg.eval.chunk_size)
     ev = evaluate_split(emb, "test", cfg.eval.ks)
-    sections = [rp.training_section(run_dir / "metrics.jsonl"), *rp.evaluation_sections(ev)]
+    sections = [rp.training_section(trainer.run_dir / "metrics.jsonl"), *rp.evaluation_sections(ev)]
     sections.insert(2, baseline_section(metrics, baselines))
-    sections.append(rp.examples_section(caption_to_image_examples(emb, run_dir)))
-    path = run_dir / "report.html"
+    sections.append(rp.examples_section(caption_to_image_examples(emb, data.manifest)))
+    path = trainer.run_dir / "report.html"
     rp.write_report(
         path,
         "modalign demo: Tux Paint images, captions and sounds",
@@ -191,10 +189,9 @@ def _thumbnail(path: Path, size: int = 96) -> np.ndarray | None:
 
 
 def caption_to_image_examples(
-    emb: EmbeddingSet, run_dir: Path, n: int = 6, k: int = 5
+    emb: EmbeddingSet, manifest: Manifest, n: int = 6, k: int = 5
 ) -> list[RetrievalExample]:
     """A few caption queries with their top images, from the test split."""
-    manifest = read_manifest(Path(load_config(run_dir / "config.yaml").data.manifest))
     row_of = {key: i for i, key in enumerate(manifest.ids)}
     cap, img = emb.embeddings["caption"], emb.embeddings["image"]
     has_cap, has_img = emb.present("caption"), emb.present("image")
@@ -204,18 +201,12 @@ def caption_to_image_examples(
     examples = []
     for q in queries:
         scores = img[gallery] @ cap[q]
-        top = gallery[np.argsort(-scores)[:k]]
         results = []
-        for g in top:
+        for g in gallery[np.argsort(-scores)[:k]]:
             row = row_of[emb.ids[g]]
-            results.append(
-                (
-                    _thumbnail(manifest.resolve(manifest.cells["image"][row] or "")),
-                    manifest.cells["caption"][row] or "",
-                    float(img[g] @ cap[q]),
-                    bool(groups[g] == groups[q]),
-                )
-            )
+            image = _thumbnail(manifest.resolve(manifest.cells["image"][row] or ""))
+            caption = manifest.cells["caption"][row] or ""
+            results.append((image, caption, float(img[g] @ cap[q]), bool(groups[g] == groups[q])))
         examples.append(
             RetrievalExample(manifest.cells["caption"][row_of[emb.ids[q]]] or "", results)
         )

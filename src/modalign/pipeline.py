@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from itertools import combinations
 from typing import Any
 
 from modalign.config import Config
@@ -14,7 +13,9 @@ from modalign.encoders import ENCODERS, Encoder
 from modalign.errors import ConfigError
 from modalign.features.store import FeatureStore
 from modalign.losses import LOSSES
+from modalign.losses.objectives import Objective, build_objective
 from modalign.model.aligner import Aligner, build_model
+from modalign.model.init import HEAD_INITS
 
 
 @dataclass
@@ -24,17 +25,14 @@ class RunParts:
     model: Aligner
     data: PairedData
     stores: dict[str, FeatureStore]
-    pairs: list[tuple[str, str]]
+    objective: Objective
 
 
 def build_parts(cfg: Config) -> RunParts:
     """Read the data, open the feature stores and build the model; checks the config on the way."""
     if not cfg.data.manifest:
         raise ConfigError("data.manifest is not set")
-    if cfg.loss.name not in LOSSES:
-        raise ConfigError(
-            f"loss.name {cfg.loss.name!r} is unknown; known: {', '.join(LOSSES.names())}"
-        )
+    _check_registered(cfg)
     manifest = read_manifest(cfg.data.manifest, cfg.data.modalities or None)
     modalities = manifest.modalities
     if len(modalities) < 2:
@@ -54,7 +52,18 @@ def build_parts(cfg: Config) -> RunParts:
     dims = {m: (stores[m].dim if m in stores else None) for m in modalities}
     model = build_model(cfg, dims, specs)
     data = PairedData(manifest, stores, dict(model.encoders.items()), cfg.data)  # type: ignore[arg-type]
-    return RunParts(model, data, stores, resolve_pairs(cfg, modalities))
+    objective = build_objective(cfg.loss, modalities, model.embed_dim)
+    return RunParts(model, data, stores, objective)
+
+
+def _check_registered(cfg: Config) -> None:
+    """Registry names in the config exist (a typo fails before any data is read)."""
+    for key, name, registry in (
+        ("loss.name", cfg.loss.name, LOSSES),
+        ("model.head.init", cfg.model.head.init, HEAD_INITS),
+    ):
+        if name not in registry:
+            raise ConfigError(f"{key} {name!r} is unknown; known: {', '.join(registry.names())}")
 
 
 def encoder_spec(cfg: Config, modality: str) -> tuple[str, dict[str, Any]]:
@@ -81,18 +90,3 @@ def _is_frozen(cls: type[Encoder], options: dict[str, Any]) -> bool:
     if param is not None and param.default is not inspect.Parameter.empty:
         return bool(options.get("frozen", param.default))
     return bool(options.get("frozen", cls.frozen_default))
-
-
-def resolve_pairs(cfg: Config, modalities: list[str]) -> list[tuple[str, str]]:
-    """The modality pairs to align: ``loss.pairs`` or every pair."""
-    if not cfg.loss.pairs:
-        return list(combinations(modalities, 2))
-    for a, b in cfg.loss.pairs:
-        for m in (a, b):
-            if m not in modalities:
-                raise ConfigError(
-                    f"loss.pairs names {m!r}, which is not a modality ({', '.join(modalities)})"
-                )
-        if a == b:
-            raise ConfigError(f"loss.pairs: pair ({a}, {b}) aligns a modality with itself")
-    return [(a, b) for a, b in cfg.loss.pairs]

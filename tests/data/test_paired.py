@@ -46,7 +46,7 @@ def test_builds_and_batches_with_missing_cells(tmp_path: Path) -> None:
     batch = parts.data.batch([2, 3, 4])
     assert batch.present["text"].tolist() == [True, False, True]
     assert batch.inputs["image"].shape == (3, 6) and batch.inputs["text"].shape == (2, 4)
-    assert parts.pairs == [("image", "text")]
+    assert parts.objective.plan(batch.present) == [("image", "text")]
     assert len(parts.data.rows("train")) == 30
 
 

@@ -140,7 +140,7 @@ def test_rows_without_positive_are_left_out() -> None:
 
 
 def test_positive_mask_rejects_mismatched_inputs() -> None:
-    with pytest.raises(ValueError, match="equal batch sizes"):
+    with pytest.raises(ValueError, match="equal sizes"):
         positive_mask(2, 3, None, None, torch.device("cpu"))
     with pytest.raises(ValueError, match="both sides"):
         positive_mask(2, 2, torch.tensor([0, 1]), None, torch.device("cpu"))

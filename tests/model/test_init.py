@@ -11,50 +11,14 @@ import torch
 from tests.conftest import synthetic_config
 
 from modalign.errors import ConfigError
-from modalign.eval.baselines import _Pair
+from modalign.linalg import fit_cca_affine
 from modalign.model.heads import LinearHead, MLPHead
-from modalign.model.init import fit_cca_init, fit_ridge_init, set_head_affine
+from modalign.model.init import set_head_affine
 from modalign.train.loop import Trainer, fit
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def test_cca_init_is_exactly_the_cca_baseline_map() -> None:
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(120, 5))
-    feats = {
-        "a": z @ rng.normal(size=(5, 30)) + 0.5 * rng.normal(size=(120, 30)) + 3.0,
-        "b": z @ rng.normal(size=(5, 20)) + 0.5 * rng.normal(size=(120, 20)) - 1.0,
-    }
-    (wa, ba), (wb, bb) = fit_cca_init(feats["a"], feats["b"], dim=8, pca_dim=8, reg=0.1)
-    ref = _Pair(feats, "a", "b", np.ones(120, dtype=bool)).maps("cca", 8, rng)
-    for m, w, b in (("a", wa, ba), ("b", wb, bb)):
-        mean, proj = ref[m]
-        np.testing.assert_allclose(feats[m] @ w + b, (feats[m] - mean) @ proj, atol=1e-8)
-
-
-def test_cca_init_pads_columns_past_the_rank() -> None:
-    rng = np.random.default_rng(1)
-    (wa, _), (wb, _) = fit_cca_init(rng.normal(size=(40, 6)), rng.normal(size=(40, 3)), dim=10)
-    assert wa.shape == (6, 10) and wb.shape == (3, 10)
-    assert not wa[:, 3:].any() and not wb[:, 3:].any()  # 3 canonical pairs at most
-
-
-def test_ridge_init_matches_closed_form() -> None:
-    rng = np.random.default_rng(2)
-    x, t = rng.normal(size=(50, 7)) + 2.0, rng.normal(size=(50, 4))
-    w, b = fit_ridge_init(x, t, reg=0.5)
-    xc = x - x.mean(0)
-    lam = 0.5 * np.trace(xc.T @ xc) / 7
-    ref = np.linalg.lstsq(
-        np.vstack([xc, np.sqrt(lam) * np.eye(7)]),
-        np.vstack([t - t.mean(0), np.zeros((7, 4))]),
-        rcond=None,
-    )[0]
-    np.testing.assert_allclose(w, ref, atol=1e-10)
-    np.testing.assert_allclose(b, t.mean(0) - x.mean(0) @ ref, atol=1e-10)
 
 
 def test_heads_compute_the_affine_map() -> None:
@@ -90,7 +54,7 @@ def test_initial_heads_are_the_cca_of_the_train_pairs(tmp_path: Path) -> None:
     feats = {
         m: trainer.parts.stores[m].rows([data.keys[m][r] for r in rows]) for m in ("image", "text")
     }
-    (wa, ba), _ = fit_cca_init(feats["image"], feats["text"], 32, None, 0.5)
+    (wa, ba), _ = fit_cca_affine(feats["image"], feats["text"], 32, None, 0.5)
     with torch.no_grad():
         out = trainer.model.encode("image", torch.as_tensor(feats["image"])).numpy()
     np.testing.assert_allclose(out, _unit(feats["image"] @ wa + ba), atol=1e-4)

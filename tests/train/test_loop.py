@@ -13,11 +13,9 @@ import pytest
 import torch
 
 from modalign.config import load_config
-from modalign.data.paired import Batch
 from modalign.errors import ConfigError
-from modalign.losses import info_nce_loss
 from modalign.pipeline import build_parts
-from modalign.train.loop import Trainer, fit, make_optimizer, make_schedule, pair_losses
+from modalign.train.loop import Trainer, fit, make_optimizer, make_schedule
 from modalign.train.metrics_log import read_log
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -80,33 +78,9 @@ def test_three_modalities_missing_cells_groups_siglip(tmp_path: Path) -> None:
     assert any("train/bias" in r for r in read_log(tmp_path / "run"))
 
 
-def test_pair_losses_use_only_rows_with_both_modalities() -> None:
-    torch.manual_seed(0)
-    present = {
-        "a": torch.tensor([True, True, False, True]),
-        "b": torch.tensor([True, False, True, True]),
-    }
-    emb = {
-        "a": torch.nn.functional.normalize(torch.randn(3, 5), dim=1),
-        "b": torch.nn.functional.normalize(torch.randn(3, 5), dim=1),
-    }
-    batch = Batch(torch.arange(4), present, {}, None)
-
-    class Model:
-        bias = None
-
-        def scale(self) -> torch.Tensor:
-            return torch.tensor(10.0)
-
-    out = pair_losses(emb, batch, [("a", "b")], "infonce", Model(), tile_size=2)  # type: ignore[arg-type]
-    # rows 0 and 3 have both: a's rows 0 and 2 (of its present rows), b's rows 0 and 2
-    expected = info_nce_loss(emb["a"][[0, 2]], emb["b"][[0, 2]], torch.tensor(10.0))
-    torch.testing.assert_close(out["a_b"], expected)
-
-
 def test_no_weight_decay_on_biases_norms_temperature(small_config) -> None:  # type: ignore[no-untyped-def]
     model = build_parts(small_config).model
-    opt = make_optimizer(model, small_config)
+    opt = make_optimizer(model, small_config.train)
     decay, no_decay = opt.param_groups
     assert (
         decay["weight_decay"] == small_config.train.weight_decay and no_decay["weight_decay"] == 0.0
@@ -118,7 +92,7 @@ def test_no_weight_decay_on_biases_norms_temperature(small_config) -> None:  # t
 def test_schedule_warms_up_then_decays_to_floor(small_config) -> None:  # type: ignore[no-untyped-def]
     cfg = load_config(None, ["train.warmup_steps=10", "train.lr=1.0", "train.min_lr_ratio=0.1"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = make_schedule(opt, cfg, total_steps=110)
+    sched = make_schedule(opt, cfg.train, total_steps=110)
     lrs = []
     for _ in range(110):
         lrs.append(sched.get_last_lr()[0])

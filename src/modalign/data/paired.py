@@ -153,6 +153,19 @@ class PairedData:
                     f"{self.manifest.path}: modality {m!r} has {n} train row(s), fewer than data.min_rows={min_rows}"
                 )
 
+    def feature_matrix(self, modality: str) -> np.ndarray:
+        """(N, D) float32 features of every manifest row from ``modality``'s feature store; NaN
+        rows where the modality is missing or the row was skipped."""
+        store = self.stores[modality]
+        rows = np.flatnonzero(self.present[modality] & self.keep)
+        out = np.full((len(self.manifest), store.dim), np.nan, dtype=np.float32)
+        out[rows] = store.rows([self.keys[modality][r] for r in rows])
+        return out
+
+    def split_names(self) -> list[str]:
+        """The split of every manifest row, ``"skipped"`` for rows left out as bad."""
+        return [s if keep else "skipped" for s, keep in zip(self.splits, self.keep, strict=True)]
+
     def rows(self, split: str) -> np.ndarray:
         """Manifest row indices of a split (bad rows excluded)."""
         return np.flatnonzero((self.splits == split) & self.keep)

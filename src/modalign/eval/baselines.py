@@ -38,60 +38,27 @@ References:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from modalign.errors import DataError
+from modalign.linalg import fit_cca, fit_pca, fit_procrustes
+from modalign.registry import Registry
 from modalign.types import EmbeddingSet
 
-BASELINES = ("random", "procrustes", "cca")
+DEFAULT_BASELINES = ("random", "procrustes", "cca")
+
+Maps = dict[str, tuple[np.ndarray, np.ndarray]]
+"""modality -> (mean, projection): an embedding is ``normalise((x - mean) @ projection)``."""
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def fit_pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (D,) and top-``k`` principal axes (D, k) of ``x`` (N, D)."""
-    mean = x.mean(axis=0)
-    xc = x - mean
-    # eigh of the smaller Gram matrix is several times faster than an SVD of xc here
-    if xc.shape[0] < xc.shape[1]:
-        w, u = np.linalg.eigh(xc @ xc.T)  # (N,), (N, N): xc = U S V^T, xc xc^T = U S^2 U^T
-        order = np.argsort(w)[::-1][: min(k, len(w))]
-        axes = xc.T @ u[:, order] / np.sqrt(np.maximum(w[order], 1e-12))  # V = xc^T U / S: (D, k)
-    else:
-        w, v = np.linalg.eigh(xc.T @ xc)  # (D,), (D, D)
-        axes = v[:, np.argsort(w)[::-1][: min(k, len(w))]]
-    return mean, axes
-
-
-def fit_procrustes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Orthogonal R (k, k) minimising ||a R - b||_F for paired rows a, b (N, k)."""
-    u, _, vt = np.linalg.svd(a.T @ b)
-    return u @ vt
-
-
-def _inv_sqrt(c: np.ndarray, reg: float) -> np.ndarray:
-    w, v = np.linalg.eigh(c + reg * np.trace(c) / len(c) * np.eye(len(c)))
-    return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
-
-
-def fit_cca(
-    a: np.ndarray, b: np.ndarray, k: int, reg: float = 0.1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Projections (Da, k) and (Db, k) of centred paired rows onto the top-``k`` canonical pairs,
-    each column scaled by its canonical correlation. ``reg`` shrinks covariances towards a multiple
-    of the identity (relative to their mean eigenvalue), which small train sets need."""
-    n = len(a)
-    wa, wb = _inv_sqrt(a.T @ a / n, reg), _inv_sqrt(b.T @ b / n, reg)  # whiteners
-    u, s, vt = np.linalg.svd(wa @ (a.T @ b / n) @ wb)  # whitened cross-covariance
-    k = min(k, len(s))
-    return wa @ u[:, :k] * s[:k], wb @ vt[:k].T * s[:k]
-
-
-class _Pair:
+class PairFeatures:
     """Paired train rows of modalities (a, b) and the fitted maps of one baseline."""
 
     def __init__(self, feats: Mapping[str, np.ndarray], a: str, b: str, train: np.ndarray) -> None:
@@ -104,6 +71,10 @@ class _Pair:
         self.xa, self.xb = feats[a][both].astype(np.float64), feats[b][both].astype(np.float64)
         self._pca: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
+    def sides(self) -> tuple[tuple[str, np.ndarray], tuple[str, np.ndarray]]:
+        """``((a, xa), (b, xb))``: each modality with its paired train rows."""
+        return (self.a, self.xa), (self.b, self.xb)
+
     def pca(self, k: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """Train-split PCA of both sides, top ``k`` axes (fitted once: the axes are nested)."""
         if not self._pca:
@@ -111,28 +82,54 @@ class _Pair:
         (ma, pa), (mb, pb) = self._pca["a"], self._pca["b"]
         return (ma, pa[:, :k]), (mb, pb[:, :k])
 
-    def maps(
-        self, name: str, k: int, rng: np.random.Generator, reg: float = 0.1
-    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """modality -> (mean, projection): an embedding is ``(x - mean) @ projection``."""
-        if name == "random":
-            return {
-                m: (x.mean(0), rng.normal(size=(x.shape[1], k)))
-                for m, x in ((self.a, self.xa), (self.b, self.xb))
-            }
-        (ma, pa), (mb, pb) = self.pca(k)
-        za, zb = (self.xa - ma) @ pa, (self.xb - mb) @ pb
-        k = min(za.shape[1], zb.shape[1])
-        za, zb, pa, pb = za[:, :k], zb[:, :k], pa[:, :k], pb[:, :k]
-        if name == "procrustes":
-            # equalise the total variance of the two sides, so neither dominates the fit
-            sa, sb = np.sqrt((za**2).sum(1).mean()), np.sqrt((zb**2).sum(1).mean())
-            r = fit_procrustes(za / sa, zb / sb)
-            return {self.a: (ma, pa @ r / sa), self.b: (mb, pb / sb)}
-        if name == "cca":
-            ca, cb = fit_cca(za, zb, k, reg)
-            return {self.a: (ma, pa @ ca), self.b: (mb, pb @ cb)}
-        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+
+@dataclass(frozen=True)
+class Baseline:
+    """One registered baseline: how it maps a pair, and which settings val may tune.
+
+    ``fit(pair, k, reg, rng)`` returns the :data:`Maps` of both modalities for width ``k`` and
+    shrinkage ``reg``; ``tuned`` names what is searched on val (``"dim"``, ``"reg"``).
+    """
+
+    fit: Callable[[PairFeatures, int, float, np.random.Generator], Maps]
+    tuned: tuple[str, ...] = ()
+
+
+BASELINES: Registry[Baseline] = Registry("baseline")
+
+
+def _pca_pair(pair: PairFeatures, k: int) -> tuple[np.ndarray, ...]:
+    """Both sides' means, PCA axes and PCA coordinates at a common width ``min(k, ranks)``."""
+    (ma, pa), (mb, pb) = pair.pca(k)
+    k = min(pa.shape[1], pb.shape[1])
+    pa, pb = pa[:, :k], pb[:, :k]
+    return ma, pa, (pair.xa - ma) @ pa, mb, pb, (pair.xb - mb) @ pb
+
+
+def _fit_random(pair: PairFeatures, k: int, reg: float, rng: np.random.Generator) -> Maps:
+    del reg  # a random map has nothing to shrink
+    return {m: (x.mean(0), rng.normal(size=(x.shape[1], k))) for m, x in pair.sides()}
+
+
+def _fit_procrustes(pair: PairFeatures, k: int, reg: float, rng: np.random.Generator) -> Maps:
+    del reg, rng
+    ma, pa, za, mb, pb, zb = _pca_pair(pair, k)
+    # equalise the total variance of the two sides, so neither dominates the fit
+    sa, sb = np.sqrt((za**2).sum(1).mean()), np.sqrt((zb**2).sum(1).mean())
+    r = fit_procrustes(za / sa, zb / sb)
+    return {pair.a: (ma, pa @ r / sa), pair.b: (mb, pb / sb)}
+
+
+def _fit_cca(pair: PairFeatures, k: int, reg: float, rng: np.random.Generator) -> Maps:
+    del rng
+    ma, pa, za, mb, pb, zb = _pca_pair(pair, k)
+    ca, cb = fit_cca(za, zb, za.shape[1], reg)
+    return {pair.a: (ma, pa @ ca), pair.b: (mb, pb @ cb)}
+
+
+BASELINES.register("random")(Baseline(_fit_random))
+BASELINES.register("procrustes")(Baseline(_fit_procrustes, ("dim",)))
+BASELINES.register("cca")(Baseline(_fit_cca, ("dim", "reg")))
 
 
 def _present(x: np.ndarray) -> np.ndarray:
@@ -160,7 +157,7 @@ def fit_baselines(
     ids: Sequence[str],
     groups: np.ndarray | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
-    names: Sequence[str] = BASELINES,
+    names: Sequence[str] = DEFAULT_BASELINES,
     dims: Sequence[int] = (16, 32, 64, 128, 256, 384),
     random_dim: int = 256,
     seed: int = 0,
@@ -173,7 +170,7 @@ def fit_baselines(
         splits: N split names; fitting uses ``train`` rows, dimension choice ``val`` rows.
         ids: N item ids. groups: optional (N,) positives groups (as in the manifest).
         pairs: modality pairs to align (default every pair).
-        names: baselines to compute. dims: grid of PCA / canonical dimensions.
+        names: baselines to compute (keys of ``BASELINES``). dims: grid of PCA / canonical dimensions.
         random_dim: output width of the random heads. seed: seed of the random heads.
         cca_regs: grid of CCA shrinkage values (searched with ``dims``, on val R@1).
 
@@ -184,14 +181,15 @@ def fit_baselines(
     pairs = list(pairs) if pairs is not None else list(itertools.combinations(features, 2))
     out: dict[str, dict[str, list[EmbeddingSet]]] = {n: {} for n in names}
     for a, b in pairs:
-        pair = _Pair(features, a, b, split_arr == "train")
+        pair = PairFeatures(features, a, b, split_arr == "train")
         for name in names:
-            grid: list[tuple[int, float]] = (
-                [(random_dim, 0.0)]
-                if name == "random"
-                else [(k, r) for k in dims for r in (cca_regs if name == "cca" else (0.0,))]
-            )
-            best = _choose(features, pair, name, grid, split_arr, ids, groups, seed)
+            baseline = BASELINES.get(name)
+            grid = [
+                (k, r)
+                for k in (dims if "dim" in baseline.tuned else (random_dim,))
+                for r in (cca_regs if "reg" in baseline.tuned else (0.0,))
+            ]
+            best = _choose(features, pair, baseline, grid, split_arr, ids, groups, seed)
             for split in dict.fromkeys(splits):
                 rows = np.flatnonzero(split_arr == split)
                 emb = _embed(features, best, rows)
@@ -204,8 +202,8 @@ def fit_baselines(
 
 def _choose(
     features: Mapping[str, np.ndarray],
-    pair: _Pair,
-    name: str,
+    pair: PairFeatures,
+    baseline: Baseline,
     grid: Sequence[tuple[int, float]],
     split_arr: np.ndarray,
     ids: Sequence[str],
@@ -219,7 +217,7 @@ def _choose(
     best: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     best_score = -1.0
     for k, reg in grid:
-        maps = pair.maps(name, k, np.random.default_rng(seed), reg)
+        maps = baseline.fit(pair, k, reg, np.random.default_rng(seed))
         if len(grid) == 1 or len(rows) == 0:
             return maps
         emb = EmbeddingSet(

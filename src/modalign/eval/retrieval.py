@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from modalign.losses.functional import check_pairing
 from modalign.types import EmbeddingSet
 
 #: Above this many positives per query, ranks are found by sorting rows instead of one pass each.
@@ -218,14 +219,9 @@ def _sort_by_group(g: Tensor, gg: np.ndarray) -> tuple[Tensor, np.ndarray]:
 def _groups(
     n_q: int, n_g: int, qg: np.ndarray | None, gg: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    if qg is None and gg is None:
-        if n_q != n_g:
-            raise ValueError(
-                f"paired rows need equal sizes, got {n_q} queries and {n_g} gallery items; pass groups"
-            )
-        return np.arange(n_q), np.arange(n_g)
+    check_pairing(n_q, n_g, qg, gg)
     if qg is None or gg is None:
-        raise ValueError("pass groups for both queries and gallery, or for neither")
+        return np.arange(n_q), np.arange(n_g)
     qg, gg = np.asarray(qg).astype(np.int64), np.asarray(gg).astype(np.int64)
     if qg.shape != (n_q,) or gg.shape != (n_g,):
         raise ValueError(

@@ -1,30 +1,25 @@
-"""Contrastive losses: a registry of pure functions with one signature.
+"""Contrastive losses: one registry of :class:`LossSpec` entries, and the engine that runs them.
 
-``loss(x, y, scale, bias, groups_x, groups_y) -> 0-d tensor`` (see ``modalign.losses.functional``).
-The registered ``infonce`` and ``siglip`` are the memory-bounded tiled kernels
-(``modalign.losses.tiled``), equal in value and gradient to the plain full-matrix references
-``info_nce_loss`` and ``siglip_loss``, which stay exported for tests and small cases. The
-training loop calls ``modalign.losses.engine.pair_loss``, which adds the distributed gather.
+Each loss is a pure function ``loss(x, y, scale, bias, groups_x, groups_y) -> 0-d tensor`` (the
+plain references are in ``modalign.losses.functional``); ``infonce`` and ``siglip`` also have
+memory-bounded tiled kernels (``modalign.losses.tiled``), equal in value and gradient. The
+engine (``modalign.losses.engine.pair_loss``) picks the kernel and adds the distributed gather;
+objectives (``modalign.losses.objectives``) combine pair losses over several modalities.
+
+Add a loss with ``@register_loss("name", init_temperature=...)`` on a plain function.
 """
 
-from collections.abc import Callable
-
-from torch import Tensor
-
+from modalign.losses.engine import LOSSES, LossFn, LossSpec, pair_loss, register_loss
 from modalign.losses.functional import info_nce_loss, siglip_loss
 from modalign.losses.tiled import tiled_info_nce_loss, tiled_siglip_loss
-from modalign.registry import Registry
-
-LossFn = Callable[[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None], Tensor]
-
-LOSSES: Registry[LossFn] = Registry("loss")
-LOSSES.register("infonce")(tiled_info_nce_loss)
-LOSSES.register("siglip")(tiled_siglip_loss)
 
 __all__ = [
     "LOSSES",
     "LossFn",
+    "LossSpec",
     "info_nce_loss",
+    "pair_loss",
+    "register_loss",
     "siglip_loss",
     "tiled_info_nce_loss",
     "tiled_siglip_loss",

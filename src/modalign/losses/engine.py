@@ -15,22 +15,127 @@ each process is scaled so that
 the convention of open_clip's ``local_loss=True, gather_with_grad=True``. For logging, use
 ``modalign.distributed.all_reduce_mean(loss)``.
 
-Losses without a tiled kernel (user-registered pure functions) run on the gathered global batch
-on every process: same convention, O(B^2) memory.
+Every loss is registered once, as a :class:`LossSpec`: its plain function (the full-matrix
+reference), its tiled block kernel if it has one, and the temperature and bias a model starts
+from. Losses without a tiled kernel (user-registered pure functions) run on the gathered global
+batch on every process: same convention, O(B^2) memory.
+
+Example:
+    >>> spec = LOSSES.get("siglip")
+    >>> spec.fn is siglip_loss, spec.block is not None, spec.init_temperature, spec.init_bias
+    (True, True, 0.1, -10.0)
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from modalign import distributed
-from modalign.losses import LOSSES
-from modalign.losses.tiled import info_nce_block, make_positives, siglip_block
+from modalign.losses.functional import check_pairing, info_nce_loss, siglip_loss
+from modalign.losses.tiled import (
+    LseReducer,
+    Positives,
+    info_nce_block,
+    make_positives,
+    siglip_block,
+)
+from modalign.registry import Registry
 
-TILED_LOSSES = ("infonce", "siglip")
-"""Registry names that have a tiled, distributed kernel."""
+LossFn = Callable[[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None], Tensor]
+"""``loss(x, y, scale, bias, groups_x, groups_y) -> 0-d tensor`` (``modalign.losses.functional``)."""
+
+
+class BlockKernel(Protocol):
+    """A tiled kernel: this process's rows ``x`` (n, D) against all columns ``y`` (m, D)."""
+
+    def __call__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        scale: Tensor,
+        bias: Tensor | None,
+        pos: Positives,
+        world_size: int,
+        reduce_col_lse: LseReducer,
+        tile_size: int | None,
+    ) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What the engine and the model need to know about one registered loss.
+
+    Attributes:
+        fn: the plain loss (``LossFn``); the engine uses it when there is no ``block``.
+        block: the memory-bounded kernel (:class:`BlockKernel`), or None.
+        init_temperature: the temperature a model starts at (``loss.init_temperature`` overrides).
+        init_bias: the logit bias a model starts at, or None for a loss without one.
+    """
+
+    fn: LossFn
+    block: BlockKernel | None = None
+    init_temperature: float = 0.07
+    init_bias: float | None = None
+
+
+LOSSES: Registry[LossSpec] = Registry("loss")
+
+
+def register_loss(
+    name: str,
+    *,
+    block: BlockKernel | None = None,
+    init_temperature: float = 0.07,
+    init_bias: float | None = None,
+) -> Callable[[LossFn], LossFn]:
+    """Decorator registering a plain loss function under ``name`` (see :class:`LossSpec`)."""
+
+    def add(fn: LossFn) -> LossFn:
+        LOSSES.register(name)(LossSpec(fn, block, init_temperature, init_bias))
+        return fn
+
+    return add
+
+
+def _info_nce_kernel(
+    x: Tensor,
+    y: Tensor,
+    scale: Tensor,
+    bias: Tensor | None,
+    pos: Positives,
+    world_size: int,
+    reduce_col_lse: LseReducer,
+    tile_size: int | None,
+) -> Tensor:
+    del bias  # a constant shift cancels in the softmax
+    return info_nce_block(
+        x, y, scale, pos, world_size=world_size, reduce_col_lse=reduce_col_lse, tile_size=tile_size
+    )
+
+
+def _siglip_kernel(
+    x: Tensor,
+    y: Tensor,
+    scale: Tensor,
+    bias: Tensor | None,
+    pos: Positives,
+    world_size: int,
+    reduce_col_lse: LseReducer,
+    tile_size: int | None,
+) -> Tensor:
+    del reduce_col_lse  # every logit's term is independent: nothing to combine
+    return siglip_block(x, y, scale, bias, pos, world_size=world_size, tile_size=tile_size)
+
+
+# CLIP's initial temperature (Radford et al., 2021); SigLIP's t' = log 10, b = -10 (Zhai et al., 2023)
+register_loss("infonce", block=_info_nce_kernel, init_temperature=0.07)(info_nce_loss)
+register_loss("siglip", block=_siglip_kernel, init_temperature=0.1, init_bias=-10.0)(siglip_loss)
 
 
 def _reduce_lse(part: Tensor) -> Tensor:
@@ -57,34 +162,29 @@ def pair_loss(
     """Loss ``name`` between this process's rows ``x`` and ``y``, over the global batch.
 
     Args:
-        name: a key of ``modalign.losses.LOSSES`` ("infonce", "siglip", or user-registered).
+        name: a key of :data:`LOSSES` ("infonce", "siglip", or user-registered).
         x: (n, D) this process's embeddings of the first modality.
         y: (n', D) this process's embeddings of the second modality.
-        scale: 0-d inverse temperature (already exponentiated). bias: 0-d SigLIP bias or None.
+        scale: 0-d inverse temperature (already exponentiated). bias: 0-d logit bias or None.
         groups_x: (n,) group ids, or None for paired rows (then ``n == n'`` on every process).
         groups_y: (n',) group ids, or None.
         tile_size: tile side of the kernels (default ``modalign.losses.tiled.DEFAULT_TILE``).
 
     Returns:
-        0-d loss; on one process it equals ``LOSSES.get(name)(x, y, scale, bias, groups_x,
+        0-d loss; on one process it equals ``LOSSES.get(name).fn(x, y, scale, bias, groups_x,
         groups_y)``; see the module docstring for many processes.
 
     Example:
         >>> import torch.nn.functional as F
-        >>> from modalign.losses.functional import info_nce_loss
         >>> x, y = F.normalize(torch.randn(8, 4), dim=1), F.normalize(torch.randn(8, 4), dim=1)
         >>> s = torch.tensor(10.0)
         >>> torch.allclose(pair_loss("infonce", x, y, s, tile_size=3), info_nce_loss(x, y, s))
         True
     """
-    if name not in TILED_LOSSES:
-        return _gathered_loss(name, x, y, scale, bias, groups_x, groups_y)
-    if (groups_x is None) != (groups_y is None):
-        raise ValueError("pass groups for both sides or for neither")
-    if groups_x is None and x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"paired rows need equal batch sizes, got {x.shape[0]} and {y.shape[0]}; pass groups"
-        )
+    spec = LOSSES.get(name)
+    if spec.block is None:
+        return _gathered_loss(spec.fn, x, y, scale, bias, groups_x, groups_y)
+    check_pairing(x.shape[0], y.shape[0], groups_x, groups_y)
     sizes = distributed.all_gather_sizes(x.shape[0], x.device)  # rows held by every process
     start = sum(sizes[: distributed.rank()]) if len(sizes) > 1 else 0
     y_all = distributed.all_gather(y, with_grad=True)  # (m, D): columns of every process
@@ -93,16 +193,12 @@ def pair_loss(
         _gather_groups(groups_x), _gather_groups(groups_y), x.device, x.dtype,
     )  # fmt: skip
     world = len(sizes)
-    if name == "infonce":
-        reduce = _reduce_lse if world > 1 else (lambda t: t)
-        return info_nce_block(
-            x, y_all, scale, pos, world_size=world, reduce_col_lse=reduce, tile_size=tile_size
-        )
-    return siglip_block(x, y_all, scale, bias, pos, world_size=world, tile_size=tile_size)
+    reduce = _reduce_lse if world > 1 else (lambda t: t)
+    return spec.block(x, y_all, scale, bias, pos, world, reduce, tile_size)
 
 
 def _gathered_loss(
-    name: str,
+    fn: LossFn,
     x: Tensor,
     y: Tensor,
     scale: Tensor,
@@ -116,7 +212,6 @@ def _gathered_loss(
     owners, so each process's local gradient is ``world`` times its share and DDP's average is
     the exact global gradient (the same convention as the tiled kernels).
     """
-    fn = LOSSES.get(name)
     if not distributed.is_distributed():
         return fn(x, y, scale, bias, groups_x, groups_y)
     x_all = distributed.all_gather(x, with_grad=True)

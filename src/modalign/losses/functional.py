@@ -16,6 +16,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def check_pairing(n_x: int, n_y: int, groups_x: object, groups_y: object) -> None:
+    """Raise ``ValueError`` unless groups are given for both sides, or for neither with
+    ``n_x == n_y`` (then row ``i`` of one side pairs with row ``i`` of the other).
+
+    Example:
+        >>> check_pairing(3, 3, None, None)
+        >>> check_pairing(3, 2, None, None)
+        Traceback (most recent call last):
+        ...
+        ValueError: paired rows need equal sizes, got 3 and 2; pass groups
+    """
+    if (groups_x is None) != (groups_y is None):
+        raise ValueError("pass groups for both sides or for neither")
+    if groups_x is None and n_x != n_y:
+        raise ValueError(f"paired rows need equal sizes, got {n_x} and {n_y}; pass groups")
+
+
 def positive_mask(
     n_x: int, n_y: int, groups_x: Tensor | None, groups_y: Tensor | None, device: torch.device
 ) -> Tensor:
@@ -28,14 +45,9 @@ def positive_mask(
         >>> positive_mask(3, 3, g, g, torch.device("cpu")).int().tolist()
         [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
     """
-    if groups_x is None and groups_y is None:
-        if n_x != n_y:
-            raise ValueError(
-                f"paired rows need equal batch sizes, got {n_x} and {n_y}; pass groups"
-            )
-        return torch.eye(n_x, dtype=torch.bool, device=device)
     if groups_x is None or groups_y is None:
-        raise ValueError("pass groups for both sides or for neither")
+        check_pairing(n_x, n_y, groups_x, groups_y)
+        return torch.eye(n_x, dtype=torch.bool, device=device)
     return groups_x[:, None] == groups_y[None, :]
 
 

@@ -51,6 +51,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from modalign.losses.functional import check_pairing
+
 DEFAULT_TILE = 1024
 """Tile side. Each worker thread holds two 1024 x 1024 fp32 tiles (8 MiB), so two workers stay in
 a 32 MiB L3 cache, and a (1024, 512) x (512, 1024) product still runs near the core's peak;
@@ -131,12 +133,9 @@ def make_positives(
         >>> p.row_pos.tolist(), p.n_rows_with_pos
         ([2.0, 2.0, 1.0], 3)
     """
-    if (all_row_groups is None) != (col_groups is None):
-        raise ValueError("pass groups for both sides or for neither")
+    check_pairing(n_rows, n_cols, all_row_groups, col_groups)
     dtype = torch.float64 if dtype == torch.float64 else torch.float32  # counts overflow fp16
     if all_row_groups is None or col_groups is None:
-        if n_rows != n_cols:
-            raise ValueError(f"paired rows need equal batch sizes, got {n_rows} and {n_cols}")
         n = rows.stop - rows.start
         ones = torch.ones(n, dtype=dtype, device=device)
         col_ones = torch.ones(n_cols, dtype=dtype, device=device)

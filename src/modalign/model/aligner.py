@@ -12,10 +12,8 @@ from torch import Tensor, nn
 
 from modalign.config import Config
 from modalign.encoders import Encoder, build_encoder
+from modalign.losses import LOSSES
 from modalign.model.heads import HEADS
-
-DEFAULT_TEMPERATURE = {"infonce": 0.07, "siglip": 0.1}
-DEFAULT_BIAS = {"siglip": -10.0}
 
 
 class Aligner(nn.Module):
@@ -118,9 +116,9 @@ def build_model(
             or ("layer" if cfg.model.head.kind == "mlp" else "none"),
             **({"bias": True} if cfg.model.head.bias else {}),
         )
-    loss = cfg.loss.name
-    temperature = cfg.loss.init_temperature or DEFAULT_TEMPERATURE.get(loss, 0.07)
-    bias = cfg.loss.init_bias if cfg.loss.init_bias is not None else DEFAULT_BIAS.get(loss)
+    spec = LOSSES.get(cfg.loss.name)
+    temperature = cfg.loss.init_temperature or spec.init_temperature
+    bias = cfg.loss.init_bias if cfg.loss.init_bias is not None else spec.init_bias
     return Aligner(
         encoders, heads, temperature, cfg.loss.learn_temperature, cfg.loss.max_scale, bias
     )

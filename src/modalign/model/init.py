@@ -6,11 +6,11 @@ closed form with a shrinkage that small train sets need. ``model.head.init: cca`
 heads *at* that solution; training then fine-tunes it contrastively, and early stopping (which
 also scores the initial weights) keeps whichever is best on the val split.
 
-* The *anchor pair* (the first of ``loss.pairs``, or the first two modalities) gets the CCA:
+* The objective's *anchor pair* (``modalign.losses.objectives``) gets the CCA:
   each side centred and PCA-reduced to ``init_pca_dim`` dimensions, covariances shrunk towards
   a multiple of the identity by ``init_reg`` (relative to their mean eigenvalue), the top
   ``embed_dim`` canonical directions weighted by their correlations (Hotelling, 1936; ridge
-  CCA, Vinod, 1976). This is exactly ``modalign.eval.baselines``'s ``cca`` map.
+  CCA, Vinod, 1976). This is exactly the ``cca`` baseline's map (``modalign.linalg.fit_cca_affine``).
 * Every other modality is mapped into that space by ridge regression of its features onto the
   mean anchor embedding of the same items (train rows where both are present).
 
@@ -21,6 +21,8 @@ starts switched off, as in zero-initialised residual branches). Maps are rescale
 embeddings have a root-mean-square norm of one (directions, hence normalised embeddings and
 retrieval, are unchanged); columns past the CCA's rank are zero.
 
+Initialisations are registered in ``HEAD_INITS`` (``model.head.init`` names one).
+
 References:
     Hotelling, 1936, "Relations between two sets of variates"; Vinod, 1976, "Canonical ridge and
     econometrics of joint production"; Hoerl & Kennard, 1970, "Ridge regression".
@@ -29,70 +31,40 @@ References:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from modalign.config import HeadConfig
 from modalign.data.paired import PairedData, iterate_rows
 from modalign.errors import ConfigError, DataError
-from modalign.eval.baselines import fit_cca, fit_pca
+from modalign.linalg import Affine, fit_cca_affine, fit_ridge
 from modalign.model.aligner import Aligner
 from modalign.model.heads import LinearHead, MLPHead, Standardize
 from modalign.model.inference import to_device
+from modalign.registry import Registry
 
 log = logging.getLogger(__name__)
 
-Affine = tuple[np.ndarray, np.ndarray]
-"""``(W, b)``: an embedding is ``x @ W + b``; W (D, dim), b (dim,)."""
+FitHeads = Callable[[Aligner, PairedData, tuple[str, str], HeadConfig], None]
+"""``fit(model, data, anchor_pair, head_config)``: set the heads in place from the train split."""
 
 
-def fit_cca_init(
-    xa: np.ndarray, xb: np.ndarray, dim: int, pca_dim: int | None = None, reg: float = 0.1
-) -> tuple[Affine, Affine]:
-    """Affine maps of paired rows ``xa`` (N, Da) and ``xb`` (N, Db) onto their top-``dim``
-    regularised canonical directions, weighted by the canonical correlations.
+@dataclass(frozen=True)
+class HeadInit:
+    """A registered head initialisation; ``fit`` is None for PyTorch's random start.
 
-    Args:
-        xa, xb: paired train rows. dim: output width (zero columns past the CCA's rank).
-        pca_dim: PCA width of each side before the CCA (None: full rank). reg: shrinkage.
-
-    Returns:
-        ``((Wa, ba), (Wb, bb))``, with ``x @ W + b = (x - mean) @ P @ C`` (see the module doc).
-
-    Example:
-        >>> rng = np.random.default_rng(0)
-        >>> z = rng.normal(size=(50, 2))
-        >>> (wa, ba), (wb, bb) = fit_cca_init(z @ rng.normal(size=(2, 6)), z @ rng.normal(size=(2, 5)), 3)
-        >>> wa.shape, bb.shape
-        ((6, 3), (3,))
+    A fitted start is scored on val as epoch 0, so training must beat it to replace it.
     """
-    xa, xb = xa.astype(np.float64), xb.astype(np.float64)
-    k = pca_dim or max(xa.shape[1], xb.shape[1])
-    (ma, pa), (mb, pb) = fit_pca(xa, k), fit_pca(xb, k)
-    k = min(pa.shape[1], pb.shape[1])
-    pa, pb = pa[:, :k], pb[:, :k]
-    ca, cb = fit_cca((xa - ma) @ pa, (xb - mb) @ pb, dim, reg)  # (k, r), r <= dim
-    out = []
-    for mean, p, c in ((ma, pa, ca), (mb, pb, cb)):
-        w = np.zeros((len(mean), dim))
-        w[:, : c.shape[1]] = p @ c
-        out.append((w, -mean @ w))
-    return out[0], out[1]
+
+    fit: FitHeads | None = None
 
 
-def fit_ridge_init(x: np.ndarray, target: np.ndarray, reg: float = 0.1) -> Affine:
-    """Ridge regression with intercept of ``target`` (N, dim) on ``x`` (N, D): ``(W, b)``.
-
-    The penalty is ``reg`` times the mean eigenvalue of the centred Gram matrix ``xc^T xc``.
-    """
-    x, target = x.astype(np.float64), target.astype(np.float64)
-    mx, mt = x.mean(0), target.mean(0)
-    xc = x - mx
-    gram = xc.T @ xc  # (D, D)
-    lam = reg * np.trace(gram) / len(gram)
-    w = np.linalg.solve(gram + lam * np.eye(len(gram)), xc.T @ (target - mt))  # (D, dim)
-    return w, mt - mx @ w
+HEAD_INITS: Registry[HeadInit] = Registry("head initialisation")
+HEAD_INITS.register("random")(HeadInit())
 
 
 @torch.no_grad()
@@ -144,45 +116,56 @@ def _rescale(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> Affine:
 
 
 def init_heads_cca(
-    model: Aligner,
-    data: PairedData,
-    pairs: list[tuple[str, str]],
-    pca_dim: int | None = None,
-    reg: float = 0.1,
+    model: Aligner, data: PairedData, anchor: tuple[str, str], cfg: HeadConfig
 ) -> None:
     """Set every head of ``model`` from the train split (see the module docstring).
 
     Args:
         model: the aligner, heads untrained. data: its paired data (``train`` rows are used).
-        pairs: the aligned pairs; the first is the anchor pair. pca_dim, reg: of the CCA.
+        anchor: the pair fitted by CCA; every other modality is regressed onto it.
+        cfg: the head config (``init_pca_dim``, ``init_reg``).
     """
     rows = data.rows("train")
     feats = head_inputs(model, data, rows)
     have = {m: ~np.isnan(x).any(1) for m, x in feats.items()}
-    a, b = pairs[0]
+    a, b = anchor
     both = have[a] & have[b]
     if both.sum() < 4:
         raise DataError(f"model.head.init: only {int(both.sum())} train rows have {a!r} and {b!r}")
-    maps = dict(
-        zip(
-            (a, b),
-            fit_cca_init(feats[a][both], feats[b][both], model.embed_dim, pca_dim, reg),
-            strict=True,
-        )
+    fitted = fit_cca_affine(
+        feats[a][both], feats[b][both], model.embed_dim, cfg.init_pca_dim, cfg.init_reg
     )
-    for m in (a, b):
-        maps[m] = _rescale(feats[m][have[m]], *maps[m])
-    # the shared target of an item: the mean of its anchor embeddings
+    maps = {m: _rescale(feats[m][have[m]], *fit) for m, fit in zip((a, b), fitted, strict=True)}
+    maps.update(_regress_others(model.modalities, feats, have, maps, cfg.init_reg))
+    with torch.no_grad():
+        for m, (w, bias) in maps.items():
+            set_head_affine(model.heads[m], w, bias)
+    log.info("heads initialised by CCA of %s and %s on %d train pairs", a, b, int(both.sum()))
+
+
+HEAD_INITS.register("cca")(HeadInit(init_heads_cca))
+
+
+def _regress_others(
+    modalities: list[str],
+    feats: dict[str, np.ndarray],
+    have: dict[str, np.ndarray],
+    anchor_maps: dict[str, Affine],
+    reg: float,
+) -> dict[str, Affine]:
+    """Ridge maps of every non-anchor modality onto the mean anchor embedding of its items."""
+    a, b = anchor_maps
     count = have[a].astype(float) + have[b]  # (N,) anchor modalities present
     total = sum(
-        np.nan_to_num(feats[m] @ maps[m][0] + maps[m][1]) * have[m][:, None] for m in (a, b)
+        np.nan_to_num(feats[m] @ w + bias) * have[m][:, None]
+        for m, (w, bias) in anchor_maps.items()
     )
-    has_target = count > 0
-    target = total / np.maximum(count, 1)[:, None]  # (N, dim)
-    for m in model.modalities:
-        if m in maps:
+    target = total / np.maximum(count, 1)[:, None]  # (N, dim): the shared target of an item
+    out = {}
+    for m in modalities:
+        if m in anchor_maps:
             continue
-        ok = have[m] & has_target
+        ok = have[m] & (count > 0)
         if ok.sum() < 4:
             log.warning(
                 "model.head.init: %s shares %d train rows with %s/%s; left random",
@@ -192,8 +175,5 @@ def init_heads_cca(
                 b,
             )
             continue
-        maps[m] = fit_ridge_init(feats[m][ok], target[ok], reg)
-    with torch.no_grad():
-        for m, (w, bias) in maps.items():
-            set_head_affine(model.heads[m], w, bias)
-    log.info("heads initialised by CCA of %s and %s on %d train pairs", a, b, int(both.sum()))
+        out[m] = fit_ridge(feats[m][ok], target[ok], reg)
+    return out

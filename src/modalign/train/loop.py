@@ -19,14 +19,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from modalign import distributed
-from modalign.config import Config, save_config
-from modalign.data.paired import Batch, BatchDataset, EpochBatches, merge_chunks
+from modalign.config import Config, TrainConfig, save_config
+from modalign.data.paired import Batch, BatchDataset, EpochBatches, PairedData, merge_chunks
 from modalign.errors import ConfigError
 from modalign.io import write_json_atomic
-from modalign.losses.engine import pair_loss
 from modalign.model.aligner import Aligner
 from modalign.model.inference import embed_split, to_device
-from modalign.model.init import init_heads_cca
+from modalign.model.init import HEAD_INITS
 from modalign.pipeline import RunParts, build_parts
 from modalign.train.checkpoint import (
     load_checkpoint,
@@ -49,57 +48,6 @@ class TrainState:
     step: int = 0  # optimiser steps taken
     best: float | None = None
     bad_epochs: int = 0
-
-
-def active_pairs(
-    batch: Batch, pairs: list[tuple[str, str]], device: torch.device | None = None
-) -> list[tuple[str, str]]:
-    """Pairs with at least two rows holding both modalities in the (global) batch.
-
-    One row has no negatives. Under data parallelism the counts are summed over processes first,
-    so every process keeps the same pairs (the collectives inside the loss stay matched) and the
-    choice equals that of one process holding the whole batch.
-    """
-    both = [int((batch.present[a] & batch.present[b]).sum()) for a, b in pairs]
-    counts = torch.tensor(both, device=device)  # on the GPU under NCCL
-    if distributed.is_distributed():
-        torch.distributed.all_reduce(counts)
-    return [pair for pair, n in zip(pairs, counts.tolist(), strict=True) if n >= 2]
-
-
-def pair_losses(
-    emb: dict[str, Tensor],
-    batch: Batch,
-    pairs: list[tuple[str, str]],
-    loss_name: str,
-    model: Aligner,
-    tile_size: int | None = None,
-) -> dict[str, Tensor]:
-    """The loss of each modality pair over the batch's rows that have both modalities.
-
-    ``emb[m]`` holds only the rows where ``m`` is present, in row order; losses run through the
-    engine (``modalign.losses.engine.pair_loss``): tiled kernels, gathered over processes.
-    """
-    scale, bias = model.scale(), model.bias
-    out = {}
-    for a, b in pairs:
-        both = batch.present[a] & batch.present[b]  # (B,)
-        # position of row r among m's present rows = (#present rows before r)
-        ea, eb = _embedded(emb, a, model), _embedded(emb, b, model)
-        idx_a = (torch.cumsum(batch.present[a].long(), 0) - 1)[both].to(ea.device)
-        idx_b = (torch.cumsum(batch.present[b].long(), 0) - 1)[both].to(eb.device)
-        groups = None if batch.groups is None else batch.groups[both].to(ea.device)
-        x, y = ea[idx_a], eb[idx_b]  # (n, D) each
-        out[f"{a}_{b}"] = pair_loss(loss_name, x, y, scale, bias, groups, groups, tile_size)
-    return out
-
-
-def _embedded(emb: dict[str, Tensor], modality: str, model: Aligner) -> Tensor:
-    """``emb[modality]``, or (0, D) when this process's share of the batch has none of it (the
-    engine still takes part in the other processes' gathers)."""
-    if modality in emb:
-        return emb[modality]
-    return model.log_scale.new_zeros(0, model.embed_dim)
 
 
 def _warn_if_config_changed(cfg: Config, saved: Path) -> None:
@@ -125,7 +73,29 @@ def _warn_if_config_changed(cfg: Config, saved: Path) -> None:
         )
 
 
-def make_optimizer(model: Aligner, cfg: Config) -> torch.optim.AdamW:
+def make_loader(
+    data: PairedData, cfg: TrainConfig
+) -> tuple[EpochBatches, torch.utils.data.DataLoader[list[Batch]]]:
+    """This process's share of every epoch's batches (a sampler), and the loader over them."""
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size={cfg.batch_size} must be divisible by the {world} processes"
+        )
+    sampler = EpochBatches(
+        data.rows("train"), cfg.batch_size, cfg.seed, rank=distributed.rank(), world_size=world
+    )
+    loader = torch.utils.data.DataLoader(
+        BatchDataset(data, cfg.chunk_size),
+        sampler=sampler,
+        batch_size=None,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+    )
+    return sampler, loader
+
+
+def make_optimizer(model: Aligner, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases, norms, the temperature and the logit bias (ndim < 2)."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
@@ -133,18 +103,18 @@ def make_optimizer(model: Aligner, cfg: Config) -> torch.optim.AdamW:
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     # the fused kernel is several times faster than the per-tensor loop, on CPUs too
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
 
 
 def make_schedule(
-    optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
-    warmup, floor = cfg.train.warmup_steps, cfg.train.min_lr_ratio
+    warmup, floor = cfg.warmup_steps, cfg.min_lr_ratio
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -187,34 +157,15 @@ class Trainer:
         self.parts: RunParts = build_parts(cfg)
         self.device = pick_device(cfg.train.device, distributed.local_rank())
         self.model = self.parts.model.to(self.device)
-        if cfg.model.head.init == "cca" and not resume:
-            h = cfg.model.head
-            init_heads_cca(
-                self.model, self.parts.data, self.parts.pairs, h.init_pca_dim, h.init_reg
-            )
-        train_rows = self.parts.data.rows("train")
-        world = distributed.world_size()
-        if cfg.train.batch_size % world:
-            raise ConfigError(
-                f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes"
-            )
-        self.sampler = EpochBatches(
-            train_rows,
-            cfg.train.batch_size,
-            cfg.train.seed,
-            rank=distributed.rank(),
-            world_size=world,
-        )
-        self.loader = torch.utils.data.DataLoader(
-            BatchDataset(self.parts.data, cfg.train.chunk_size),
-            sampler=self.sampler,
-            batch_size=None,
-            num_workers=cfg.train.num_workers,
-            persistent_workers=cfg.train.num_workers > 0,
-        )
+        self.objective = self.parts.objective
+        self.head_init = HEAD_INITS.get(cfg.model.head.init)
+        if self.head_init.fit is not None and not resume:
+            anchor = self.objective.anchor_pair()
+            self.head_init.fit(self.model, self.parts.data, anchor, cfg.model.head)
+        self.sampler, self.loader = make_loader(self.parts.data, cfg.train)
         steps_per_epoch = max(1, len(self.sampler) // cfg.train.accumulate)
-        self.optimizer = make_optimizer(self.model, cfg)
-        self.schedule = make_schedule(self.optimizer, cfg, steps_per_epoch * cfg.train.epochs)
+        self.optimizer = make_optimizer(self.model, cfg.train)
+        self.schedule = make_schedule(self.optimizer, cfg.train, steps_per_epoch * cfg.train.epochs)
         self.state = TrainState()
         self._prepare_folder(resume)
         self.logger = MetricsLogger(
@@ -260,7 +211,7 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to the end (or early stop), then evaluate ``eval.splits``; returns metrics.json."""
         cfg = self.cfg
-        if cfg.model.head.init != "random" and self.state.step == 0:
+        if self.head_init.fit is not None and self.state.step == 0:
             self._score_initial()
         while (
             self.state.epoch < cfg.train.epochs
@@ -311,10 +262,10 @@ class Trainer:
         )
         for i, chunks in enumerate(bar):
             batch = merge_chunks(chunks)
-            pairs = active_pairs(batch, self.parts.pairs, self.device)
-            if not pairs:
+            plan = self.objective.plan(batch.present, self.device)
+            if not plan:
                 continue
-            losses = self._forward_backward(chunks, batch, pairs)
+            losses = self._forward_backward(chunks, batch, plan)
             loss = distributed.all_reduce_mean(torch.stack(list(losses.values())).mean())
             if (i + 1) % cfg.train.accumulate and i + 1 < len(self.sampler):
                 continue  # accumulate; the last batches of an epoch step even if fewer
@@ -323,25 +274,25 @@ class Trainer:
             if self.state.step % cfg.train.log_every == 0:
                 self._log_step(loss, losses, grad_norm)
 
-    def _forward_backward(
-        self, chunks: list[Batch], batch: Batch, pairs: list[tuple[str, str]]
-    ) -> dict[str, Tensor]:
+    def _forward_backward(self, chunks: list[Batch], batch: Batch, plan: Any) -> dict[str, Tensor]:
         """Losses of one batch, gradients accumulated; gradient-cached when it came in chunks."""
         cfg, model = self.cfg, self.model
-        scale = 1.0 / cfg.train.accumulate
-        if cfg.train.chunk_size is None:
-            emb = model(to_device(batch.inputs, self.device))
-            losses = pair_losses(emb, batch, pairs, cfg.loss.name, model, cfg.loss.tile_size)
-            (torch.stack(list(losses.values())).mean() * scale).backward()
-            return {k: v.detach() for k, v in losses.items()}
         out: dict[str, Tensor] = {}
 
         def loss_fn(emb: dict[str, Tensor]) -> Tensor:
-            losses = pair_losses(emb, batch, pairs, cfg.loss.name, model, cfg.loss.tile_size)
-            out.update({k: v.detach() for k, v in losses.items()})
-            return torch.stack(list(losses.values())).mean() * scale
+            terms = self.objective.terms(
+                emb, batch.present, batch.groups, plan, model.scale(), model.bias
+            )
+            out.update({k: v.detach() for k, v in terms.items()})
+            return self.objective.total(terms) * (1.0 / cfg.train.accumulate)
 
-        gradcache_step(lambda c: model(to_device(c.inputs, self.device)), chunks, loss_fn)
+        def embed(b: Batch) -> dict[str, Tensor]:
+            return model(to_device(b.inputs, self.device))
+
+        if cfg.train.chunk_size is None:
+            loss_fn(embed(batch)).backward()
+        else:
+            gradcache_step(embed, chunks, loss_fn)
         return out
 
     def _log_step(self, loss: Tensor, losses: dict[str, Tensor], grad_norm: float) -> None:

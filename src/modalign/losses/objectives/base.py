@@ -1,0 +1,111 @@
+"""Objectives: how the embeddings of several modalities become the loss of one batch.
+
+An objective sees every modality of a batch at once. Pairwise objectives (``all_pairs``,
+``anchor``) sum a registered pair loss (``loss.name``, run by the engine with its tiled kernel
+and distributed gather) over chosen modality pairs; objectives that need all modalities at once
+register here the same way and need no change to the training loop.
+
+A training step asks the objective for a *plan* first (which terms this batch can train; the
+same on every process, since the collectives inside the losses must match), skips the batch when
+there is none, and otherwise calls :meth:`Objective.terms` and :meth:`Objective.total`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from modalign import distributed
+from modalign.config import LossConfig
+from modalign.errors import ConfigError
+from modalign.registry import Registry
+
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+
+
+class Objective(ABC):
+    """Turns a batch's embeddings into named loss terms.
+
+    Args:
+        modalities: every modality of the run, in manifest order.
+        embed_dim: width of the shared space (a process holding no row of a modality still
+            takes part in the other processes' gathers with a (0, embed_dim) tensor).
+        loss_name: the registered pair loss (``modalign.losses.LOSSES``).
+        tile_size: tile side of the tiled kernels (None: the default).
+        anchor: an anchor modality, or None.
+        pairs: explicit modality pairs, or empty for the objective's default.
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        embed_dim: int,
+        loss_name: str = "infonce",
+        tile_size: int | None = None,
+        anchor: str | None = None,
+        pairs: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.modalities, self.embed_dim = list(modalities), embed_dim
+        self.loss_name, self.tile_size = loss_name, tile_size
+        self.anchor = anchor
+
+    @abstractmethod
+    def plan(self, present: Mapping[str, Tensor], device: torch.device | None = None) -> Any:
+        """What this batch can train (identical on every process), or None to skip the batch.
+
+        Args:
+            present: modality -> (B,) bool mask of this process's rows holding it.
+        """
+
+    @abstractmethod
+    def terms(
+        self,
+        emb: Mapping[str, Tensor],
+        present: Mapping[str, Tensor],
+        groups: Tensor | None,
+        plan: Any,
+        scale: Tensor,
+        bias: Tensor | None,
+    ) -> dict[str, Tensor]:
+        """Named 0-d loss terms.
+
+        Args:
+            emb: modality -> (n_m, D) embeddings of the rows where the modality is present, in
+                row order. present: modality -> (B,) bool. groups: (B,) group ids or None.
+            plan: what :meth:`plan` returned. scale: 0-d inverse temperature. bias: 0-d or None.
+        """
+
+    def total(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """The scalar to minimise: the mean of the terms."""
+        return torch.stack(list(terms.values())).mean()
+
+    @abstractmethod
+    def anchor_pair(self) -> tuple[str, str]:
+        """The pair a fitted head initialisation (``model.head.init: cca``) starts from."""
+
+    def embedded(self, emb: Mapping[str, Tensor], modality: str, like: Tensor) -> Tensor:
+        """``emb[modality]``, or (0, D) when this process holds no row of it."""
+        if modality in emb:
+            return emb[modality]
+        return like.new_zeros(0, self.embed_dim)
+
+
+def global_counts(counts: list[int], device: torch.device | None = None) -> list[int]:
+    """Per-term row counts summed over every process (the identity on one process)."""
+    total = torch.tensor(counts, device=device)  # on the GPU under NCCL
+    if distributed.is_distributed():
+        torch.distributed.all_reduce(total)
+    return [int(c) for c in total.tolist()]
+
+
+def build_objective(cfg: LossConfig, modalities: Sequence[str], embed_dim: int) -> Objective:
+    """The objective ``cfg.objective`` over ``modalities``, with the config's pair loss."""
+    if cfg.objective not in OBJECTIVES:
+        known = ", ".join(OBJECTIVES.names())
+        raise ConfigError(f"loss.objective {cfg.objective!r} is unknown; known: {known}")
+    cls = OBJECTIVES.get(cfg.objective)
+    return cls(modalities, embed_dim, cfg.name, cfg.tile_size, cfg.anchor, cfg.pairs)
