@@ -78,11 +78,39 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Per-modality encoders and heads, and the shared space's width."""
+    """Per-modality encoders and heads, and the shared space's width.
+
+    ``head`` applies to every modality; ``heads.<modality>`` overrides some of its keys for one
+    modality (a 6,000-wide fingerprint may want another head than a 384-wide sentence vector).
+    ``head.init`` and its settings apply to the whole model.
+    """
 
     embed_dim: int = 256
     encoders: dict[str, EncoderConfig] = field(default_factory=dict)
     head: HeadConfig = field(default_factory=HeadConfig)
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for modality in self.heads:
+            self.head_for(modality)  # type-check every override at load time
+
+    def head_for(self, modality: str) -> HeadConfig:
+        """The head config of ``modality``: ``head`` with ``heads.<modality>`` applied.
+
+        Example:
+            >>> m = ModelConfig(head=HeadConfig(kind="linear"), heads={"fp": {"kind": "mlp"}})
+            >>> m.head_for("fp").kind, m.head_for("text").kind
+            ('mlp', 'linear')
+        """
+        override = self.heads.get(modality)
+        if not override:
+            return self.head
+        _check_keys(override, HeadConfig, f"model.heads.{modality}")
+        merged = {**dataclasses.asdict(self.head), **override}
+        try:
+            return dacite.from_dict(HeadConfig, merged, config=dacite.Config(strict=True))
+        except dacite.DaciteError as err:
+            raise ConfigError(f"model.heads.{modality}: {err}") from None
 
 
 @dataclass(frozen=True)

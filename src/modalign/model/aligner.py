@@ -98,7 +98,6 @@ def build_model(
     """
     encoders: dict[str, Encoder] = {}
     heads: dict[str, nn.Module] = {}
-    head_cls = HEADS.get(cfg.model.head.kind)
     for modality, input_dim in input_dims.items():
         if specs is not None:
             name, options = specs[modality]
@@ -107,14 +106,9 @@ def build_model(
             name, options = (enc_cfg.name, enc_cfg.options) if enc_cfg else ("precomputed", {})
         encoder = build_encoder(name, modality, input_dim, dict(options))
         encoders[modality] = encoder
-        heads[modality] = head_cls(
-            encoder.output_dim,
-            cfg.model.embed_dim,
-            hidden_dim=cfg.model.head.hidden_dim,
-            dropout=cfg.model.head.dropout,
-            input_norm=cfg.model.head.input_norm
-            or ("layer" if cfg.model.head.kind == "mlp" else "none"),
-            **({"bias": True} if cfg.model.head.bias else {}),
+        head_cfg = cfg.model.head_for(modality)
+        heads[modality] = HEADS.get(head_cfg.kind).from_config(
+            encoder.output_dim, cfg.model.embed_dim, head_cfg
         )
     spec = LOSSES.get(cfg.loss.name)
     temperature = cfg.loss.init_temperature or spec.init_temperature

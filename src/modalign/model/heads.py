@@ -12,13 +12,22 @@ Every head first normalises its input (``input_norm``):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 from torch import Tensor, nn
 
+from modalign.config import HeadConfig
 from modalign.registry import Registry
 
-HEADS: Registry[type[nn.Module]] = Registry("head")
+
+class HeadFactory(Protocol):
+    """A head class: built from ``(input_dim, output_dim, head config)``, it has ``output_dim``."""
+
+    def from_config(cls, input_dim: int, output_dim: int, cfg: HeadConfig) -> nn.Module: ...
+
+
+HEADS: Registry[HeadFactory] = Registry("head")
+"""Head classes by ``model.head.kind``; each reads the fields of the config that it uses."""
 
 InputNorm = Literal["layer", "batch", "none"]
 
@@ -67,17 +76,20 @@ class LinearHead(nn.Module):
         self,
         input_dim: int,
         output_dim: int,
-        hidden_dim: int = 0,
         dropout: float = 0.0,
         input_norm: InputNorm = "none",
         bias: bool = False,
     ) -> None:
         super().__init__()
-        del hidden_dim
         self.output_dim = output_dim
         self.norm = make_input_norm(input_norm, input_dim)
         self.drop = nn.Dropout(dropout)
         self.proj = nn.Linear(input_dim, output_dim, bias=bias)
+
+    @classmethod
+    def from_config(cls, input_dim: int, output_dim: int, cfg: HeadConfig) -> LinearHead:
+        """The head a config describes (``input_norm`` None means ``none``)."""
+        return cls(input_dim, output_dim, cfg.dropout, cfg.input_norm or "none", cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(self.drop(self.norm(x)))
@@ -103,10 +115,8 @@ class MLPHead(nn.Module):
         hidden_dim: int = 1024,
         dropout: float = 0.1,
         input_norm: InputNorm = "layer",
-        bias: bool = True,
     ) -> None:
         super().__init__()
-        del bias  # the last layer always has a bias
         self.output_dim = output_dim
         self.norm = make_input_norm(input_norm, input_dim)
         self.mlp = nn.Sequential(
@@ -116,6 +126,12 @@ class MLPHead(nn.Module):
             nn.Linear(hidden_dim, output_dim),
         )
         self.shortcut = nn.Linear(input_dim, output_dim, bias=False)
+
+    @classmethod
+    def from_config(cls, input_dim: int, output_dim: int, cfg: HeadConfig) -> MLPHead:
+        """The head a config describes (``input_norm`` None means ``layer``; the last layer
+        always has a bias, so ``bias`` does not apply)."""
+        return cls(input_dim, output_dim, cfg.hidden_dim, cfg.dropout, cfg.input_norm or "layer")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
