@@ -28,6 +28,8 @@ _EXPORTS = {
     "LOSSES": "modalign.losses",
     "Aligner": "modalign.model",
     "fit": "modalign.train.loop",
+    "load": "modalign.model.load",
+    "TrainedModel": "modalign.model.load",
     "embed_run": "modalign.model.inference",
     "embed_manifest": "modalign.features",
     "read_manifest": "modalign.data.manifest",

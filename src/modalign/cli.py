@@ -19,6 +19,7 @@ from modalign.errors import ModalignError
 COMMAND_MODULES = [
     "modalign.commands.train",
     "modalign.commands.embed",
+    "modalign.commands.encode",
     "modalign.commands.eval",
     "modalign.commands.compare",
     "modalign.commands.demo",

@@ -26,6 +26,18 @@ class RunParts:
     data: PairedData
     stores: dict[str, FeatureStore]
     objective: Objective
+    specs: dict[str, tuple[str, dict[str, Any]]]
+
+    def model_cards(self, cfg: Config) -> dict[str, dict[str, Any]]:
+        """What ``model.json`` records of each modality (``modalign.model.load``)."""
+        from modalign.model.load import modality_card
+
+        cards = {}
+        for m, spec in self.specs.items():
+            store = self.stores.get(m)
+            dim, key = (store.dim, store.encoder) if store is not None else (None, None)
+            cards[m] = modality_card(cfg, m, spec, dim, key)
+        return cards
 
 
 def build_parts(cfg: Config) -> RunParts:
@@ -53,7 +65,7 @@ def build_parts(cfg: Config) -> RunParts:
     model = build_model(cfg, dims, specs)
     data = PairedData(manifest, stores, dict(model.encoders.items()), cfg.data)  # type: ignore[arg-type]
     objective = build_objective(cfg.loss, modalities, model.embed_dim)
-    return RunParts(model, data, stores, objective)
+    return RunParts(model, data, stores, objective, specs)
 
 
 def _check_registered(cfg: Config) -> None:

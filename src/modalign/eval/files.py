@@ -3,7 +3,8 @@
 **Embeddings .npz.** One float array (N, D) per modality, named by the modality; row i of every
 array is item i; a row of NaN marks the modality missing for item i. Optional arrays:
 ``group`` (N,) ints (rows with equal values are positives of each other), ``label`` (N,) ints
-(class indices, for zero-shot and probes; -1 = unlabelled), ``id`` (N,) strings, and class
+(class indices, for zero-shot and probes; -1 = unlabelled) with their names in ``label_names``
+(C,) strings, ``id`` (N,) strings, and class
 prototypes ``classes`` (C, D) or per-template (T, C, D) in the shared space (for zero-shot).
 Rows are L2-normalised on load.
 
@@ -31,7 +32,7 @@ from modalign.eval.retrieval import PerQueryRetrieval
 from modalign.io import atomic_path
 from modalign.types import EmbeddingSet
 
-RESERVED = {"group", "label", "id", "classes"}
+RESERVED = {"group", "label", "id", "classes", "label_names"}
 
 
 def load_embeddings_npz(path: str | os.PathLike[str]) -> tuple[EmbeddingSet, np.ndarray | None]:
@@ -124,6 +125,23 @@ def _prototypes(
             f"{path}: array 'classes' must be finite (C, D) or (T, C, D) with D in {sorted(dims)}, got {c.shape}"
         )
     return c
+
+
+def save_embeddings_npz(
+    path: str | os.PathLike[str], emb: EmbeddingSet, label_names: list[str] | None = None
+) -> None:
+    """Write ``emb`` as an embeddings .npz (the format :func:`load_embeddings_npz` reads),
+    atomically."""
+    arrays: dict[str, np.ndarray] = {m: v.astype(np.float32) for m, v in emb.embeddings.items()}
+    arrays["id"] = np.asarray(emb.ids, dtype=str)
+    if emb.groups is not None:
+        arrays["group"] = emb.groups
+    if emb.labels is not None:
+        arrays["label"] = emb.labels
+    if label_names:
+        arrays["label_names"] = np.asarray(label_names, dtype=str)
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 def save_per_query(

@@ -251,7 +251,7 @@ def embed_manifest(
             skip_unreadable,
         )
         path = Path(out[modality])
-        write_features(path, ids, array)
+        write_features(path, ids, array, encoder=key)
         if skipped:
             log.warning("%s: skipped %d item(s): %s", modality, sum(skipped.values()), skipped)
         results[modality] = EmbedResult(

@@ -43,10 +43,13 @@ def ids_path(npy_path: Path) -> Path:
 class FeatureStore:
     """Read-only, memory-mapped features of one modality, looked up by id."""
 
-    def __init__(self, path: Path, array: np.ndarray, ids: list[str]) -> None:
+    def __init__(
+        self, path: Path, array: np.ndarray, ids: list[str], encoder: str | None = None
+    ) -> None:
         self.path = path
         self.array = array  # (N, D), memory-mapped
         self.ids = ids
+        self.encoder = encoder  # cache key of the encoder that wrote it (None: unknown)
         self.index = {key: i for i, key in enumerate(ids)}
         if len(self.index) != len(ids):
             seen: set[str] = set()
@@ -78,13 +81,13 @@ class FeatureStore:
             array = np.load(path, mmap_mode="r")
         except ValueError as err:
             raise DataError(f"{path}: not a readable .npy array ({err})") from None
-        ids, fingerprint = _read_ids(id_file)
+        ids, fingerprint, encoder = _read_ids(id_file)
         if fingerprint is not None and fingerprint != array_fingerprint(array):
             raise DataError(
                 f"{id_file}: these ids were written for another version of {path.name} (an "
                 "interrupted write?); run the command that wrote them again"
             )
-        return cls(path, array, ids)
+        return cls(path, array, ids, encoder)
 
     @classmethod
     def _open_safetensors(cls, path: Path) -> FeatureStore:
@@ -97,7 +100,7 @@ class FeatureStore:
             array = f.get_tensor("features")
         if "ids" not in meta:
             raise DataError(f"{path}: metadata has no 'ids' entry")
-        return cls(path, array, _parse_ids(meta["ids"], path))
+        return cls(path, array, _parse_ids(meta["ids"], path), meta.get("encoder"))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -134,14 +137,20 @@ def array_fingerprint(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _read_ids(path: Path) -> tuple[list[str], str | None]:
-    """The ids of a ``.ids.json`` file, and the fingerprint of its array if it records one."""
+def _read_ids(path: Path) -> tuple[list[str], str | None, str | None]:
+    """The ids of a ``.ids.json`` file, and the fingerprint of its array and the encoder's cache
+    key where it records them."""
     data = _load_json(path.read_text(encoding="utf-8"), path)
     if isinstance(data, dict):
         array = data.get("array")
         fingerprint = array.get("fingerprint") if isinstance(array, dict) else None
-        return _check_ids(data.get("ids"), path), fingerprint
-    return _check_ids(data, path), None
+        encoder = data.get("encoder")
+        return (
+            _check_ids(data.get("ids"), path),
+            fingerprint,
+            encoder if isinstance(encoder, str) else None,
+        )
+    return _check_ids(data, path), None, None
 
 
 def _parse_ids(text: str, path: Path) -> list[str]:
@@ -161,9 +170,15 @@ def _check_ids(ids: object, path: Path) -> list[str]:
     return ids
 
 
-def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray) -> None:
+def write_features(
+    path: str | Path, ids: Sequence[str], features: np.ndarray, encoder: str | None = None
+) -> None:
     """Write features and their ids atomically (array first, then the ids with the array's
-    fingerprint: a kill between the two renames is detected when the store is opened)."""
+    fingerprint: a kill between the two renames is detected when the store is opened).
+
+    ``encoder`` is the cache key of the encoder that made them (it names its weights), recorded
+    so that a model trained on these features can embed new raw items with the same encoder.
+    """
     path = Path(path)
     features = np.ascontiguousarray(features, dtype=np.float32)
     if features.shape[0] != len(ids):
@@ -172,12 +187,18 @@ def write_features(path: str | Path, ids: Sequence[str], features: np.ndarray) -
         from safetensors.numpy import save_file
 
         with atomic_path(path) as tmp:
-            save_file({"features": features}, str(tmp), metadata={"ids": json.dumps(list(ids))})
+            meta = {"ids": json.dumps(list(ids)), **({"encoder": encoder} if encoder else {})}
+            save_file({"features": features}, str(tmp), metadata=meta)
         return
     if path.suffix != ".npy":
         raise DataError(f"{path}: unknown feature file type (expected .npy or .safetensors)")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, features)
-    record = {"ids": list(ids), "array": {"fingerprint": array_fingerprint(features)}}
+    record: dict[str, object] = {
+        "ids": list(ids),
+        "array": {"fingerprint": array_fingerprint(features)},
+    }
+    if encoder:
+        record["encoder"] = encoder
     with atomic_path(ids_path(path)) as tmp:
         tmp.write_text(json.dumps(record), encoding="utf-8")

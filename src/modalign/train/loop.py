@@ -26,6 +26,7 @@ from modalign.io import write_json_atomic
 from modalign.model.aligner import Aligner
 from modalign.model.inference import embed_split, to_device
 from modalign.model.init import HEAD_INITS
+from modalign.model.load import save_model
 from modalign.pipeline import RunParts, build_parts
 from modalign.train.checkpoint import (
     load_checkpoint,
@@ -357,6 +358,7 @@ class Trainer:
             return {}
         if best.exists():  # with train.epochs=0 the untrained weights are scored
             self.model.load_state_dict(load_checkpoint(best)["model"])
+        save_model(self.run_dir, self.model, self.parts.model_cards(self.cfg))
         metrics: dict[str, float] = {}
         for split in self.cfg.eval.splits:
             if len(self.parts.data.rows(split)):
