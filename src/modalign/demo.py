@@ -20,8 +20,8 @@ from modalign.data.manifest import read_manifest
 from modalign.data.tuxpaint import DEFAULT_ROOT, build_tuxpaint_manifest
 from modalign.encoders import build_encoder
 from modalign.io import write_json_atomic
-from modalign.report.html import RetrievalExample, Section
-from modalign.types import EmbeddingSet
+from modalign.report import RetrievalExample, Section
+from modalign.types import EmbeddingSet, MetricKey, headline_keys
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,9 @@ def write_demo_report(
     cfg: Config, run_dir: Path, metrics: dict[str, float], baselines: dict[str, dict[str, float]]
 ) -> Path:
     """``report.html``: training curves, evaluation of the test split, baselines, examples."""
+    from modalign import report as rp
     from modalign.eval.suite import evaluate_split
     from modalign.model.inference import embed_run
-    from modalign.report import html as rp
 
     emb = embed_run(run_dir, ["test"])["test"]
     ev = evaluate_split(emb, "test", cfg.eval.ks)
@@ -166,12 +166,16 @@ def write_demo_report(
 
 def baseline_section(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> Section:
     """Test R@1 of the trained model next to every baseline, per direction."""
-    from modalign.report import html as rp
+    from modalign import report as rp
 
-    keys = sorted(k for k in metrics if k.startswith("test/") and k.endswith("/recall@1"))
+    keys = sorted(headline_keys(metrics))
     header = ["direction", "trained", *baselines]
     rows = [
-        [k.split("/")[1], metrics[k], *(b.get(k, float("nan")) for b in baselines.values())]
+        [
+            str(MetricKey.parse(k).subject),
+            metrics[k],
+            *(b.get(k, float("nan")) for b in baselines.values()),
+        ]
         for k in keys
     ]
     return rp.Section("Trained model vs baselines (test recall@1)", rp.table_html(rows, header))
