@@ -43,7 +43,7 @@ from modalign.eval.zeroshot import zero_shot_metrics, zero_shot_scores
 from modalign.types import Direction, EmbeddingSet, MetricKey, Pair, Subject
 
 #: Metrics that get bootstrap intervals (every retrieval metric that is a per-query statistic).
-HEADLINE = ("recall@", "precision@", "ndcg@", "mrr", "map", "mean_rank", "median_rank")
+INTERVAL_METRICS = ("recall@", "precision@", "ndcg@", "mrr", "map", "mean_rank", "median_rank")
 S = TypeVar("S", Direction, Pair, str)
 
 #: The variant of the retrieval metrics after per-modality mean centring.
@@ -158,7 +158,7 @@ def _add_retrieval(
         ev.add(direction, metrics, variant)
         if variant is None:  # per-query values and intervals of the plain evaluation only
             ev.retrieval[direction] = ([emb.ids[r] for r in rows], pq)
-            values = {k: v for k, v in pq.values().items() if k.startswith(HEADLINE)}
+            values = {k: v for k, v in pq.values().items() if k.startswith(INTERVAL_METRICS)}
             for k, ci in bootstrap_intervals(values, n_boot).items() if n_boot else ():
                 ev.intervals[ev.key(direction, k)] = ci
 
