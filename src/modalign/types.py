@@ -253,12 +253,12 @@ class MetricKey:
             return None
 
 
-K = TypeVar("K", str, MetricKey)
+KeyT = TypeVar("KeyT", str, MetricKey)
 
 
 def headline_keys(
-    keys: Iterable[K], split: str | None = "test", metric: str = "recall@1"
-) -> list[K]:
+    keys: Iterable[KeyT], split: str | None = "test", metric: str = "recall@1"
+) -> list[KeyT]:
     """The keys of ``metric`` for every retrieval direction of ``split`` (plain variant), in order.
 
     The one filter for headline numbers (printed results, training curves, early stopping).

@@ -44,7 +44,7 @@ from modalign.types import Direction, EmbeddingSet, MetricKey, Pair, Subject
 
 #: Metrics that get bootstrap intervals (every retrieval metric that is a per-query statistic).
 INTERVAL_METRICS = ("recall@", "precision@", "ndcg@", "mrr", "map", "mean_rank", "median_rank")
-S = TypeVar("S", Direction, Pair, str)
+SubjectT = TypeVar("SubjectT", Direction, Pair, str)
 
 #: The variant of the retrieval metrics after per-modality mean centring.
 CENTERED = "centered"
@@ -93,7 +93,7 @@ class SplitEvaluation:
         """The 95% interval of ``metric`` of ``subject`` ((NaN, NaN) when there is none)."""
         return self.intervals.get(self.key(subject, metric), (math.nan, math.nan))
 
-    def subjects(self, metric: str, kind: type[S]) -> list[S]:
+    def subjects(self, metric: str, kind: type[SubjectT]) -> list[SubjectT]:
         """Subjects of type ``kind`` with a plain ``metric``, in the order they were measured."""
         return [
             k.subject
