@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-DIRECTIONS = ("image_to_caption", "caption_to_image")
+DIRECTIONS = (("image", "caption"), ("caption", "image"))  # (query, gallery)
 
 
 def fold_splits(
@@ -72,8 +72,11 @@ def run_fold(manifest: Path, features: Path, overrides: list[str], work: Path) -
 def summarise(name: str, folds: list[dict[str, dict]]) -> dict:
     """Mean held-out recall@1 per direction and paired model - baseline differences."""
     out: dict = {"recipe": name, "folds": len(folds)}
-    for d in DIRECTIONS:
-        key = f"test/{d}/recall@1"
+    from modalign.types import Direction, MetricKey
+
+    for query, gallery in DIRECTIONS:
+        d = Direction(query, gallery)
+        key = MetricKey("test", d, "recall@1").flatten()
         model = np.array([f["model"][key] for f in folds])
         out[f"{d}/model"] = round(float(model.mean()), 4)
         for b in folds[0]:

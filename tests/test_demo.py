@@ -78,6 +78,8 @@ def test_demo_smoke_run_writes_metrics_baselines_and_report(tmp_path: Path) -> N
         "data:image/png;base64",
     ):
         assert part in html, part
+    trained = metrics["test/image_to_caption/recall@1"]  # in its row of the baseline table
+    assert f"<tr><td>image_to_caption</td><td>{trained:.3f}</td>" in html
     assert json.loads((run / "timings.json").read_text()).keys() >= {
         "embed",
         "train",

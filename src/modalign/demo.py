@@ -24,9 +24,9 @@ from modalign.data.tuxpaint import DEFAULT_ROOT, build_tuxpaint_manifest
 from modalign.encoders import build_encoder
 from modalign.io import write_json_atomic
 from modalign.pipeline import RunParts
-from modalign.report.html import RetrievalExample, Section
+from modalign.report import RetrievalExample, Section
 from modalign.train.loop import Trainer
-from modalign.types import EmbeddingSet
+from modalign.types import EmbeddingSet, MetricKey, headline_keys
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,9 @@ def write_demo_report(
     trainer: Trainer, metrics: dict[str, float], baselines: dict[str, dict[str, float]]
 ) -> Path:
     """``report.html``: training curves, evaluation of the test split, baselines, examples."""
+    from modalign import report as rp
     from modalign.eval.suite import evaluate_split
     from modalign.model.inference import embed_split
-    from modalign.report import html as rp
 
     cfg, data = trainer.cfg, trainer.parts.data
     emb = embed_split(trainer.model, data, "test", cfg.eval.chunk_size)
@@ -164,12 +164,16 @@ def write_demo_report(
 
 def baseline_section(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> Section:
     """Test R@1 of the trained model next to every baseline, per direction."""
-    from modalign.report import html as rp
+    from modalign import report as rp
 
-    keys = sorted(k for k in metrics if k.startswith("test/") and k.endswith("/recall@1"))
+    keys = sorted(headline_keys(metrics))
     header = ["direction", "trained", *baselines]
     rows = [
-        [k.split("/")[1], metrics[k], *(b.get(k, float("nan")) for b in baselines.values())]
+        [
+            str(MetricKey.parse(k).subject),
+            metrics[k],
+            *(b.get(k, float("nan")) for b in baselines.values()),
+        ]
         for k in keys
     ]
     return rp.Section("Trained model vs baselines (test recall@1)", rp.table_html(rows, header))

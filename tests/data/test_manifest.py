@@ -73,6 +73,37 @@ def test_unknown_modality_and_missing_file(tmp_path: Path) -> None:
         read_manifest(tmp_path / "m.txt")
 
 
+@pytest.mark.parametrize(
+    ("column", "problem"),
+    [
+        ("speech_to_text", "contains '_to_'"),
+        ("image_vs_text", "contains '_vs_'"),
+        ("a/b", "contains '/'"),
+        ("a~b", "contains '~'"),
+        ("photo_to", "starts or ends with 'to'"),
+        (" ", "is empty or starts or ends with whitespace"),
+    ],
+)
+def test_modality_names_that_break_metric_keys_are_refused(
+    tmp_path: Path, column: str, problem: str
+) -> None:
+    path = tmp_path / "m.csv"
+    pd.DataFrame({"id": ["a"], "image": ["x.png"], column: ["y"]}).to_csv(path, index=False)
+    with pytest.raises(DataError) as err:
+        read_manifest(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: column {column!r} cannot name a modality: it {problem}")
+    assert "\n" not in message
+    with pytest.raises(DataError, match="cannot name a modality"):
+        read_manifest(path, ["image", column])  # also when the config names it
+
+
+def test_modality_names_with_underscores_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("id,image_hd,spoken text,tox\na,x,y,z\n")
+    assert read_manifest(path).modalities == ["image_hd", "spoken text", "tox"]
+
+
 def test_seeded_split_keeps_groups_together_and_is_stable(tmp_path: Path) -> None:
     n = 3000
     groups = np.arange(n) // 5

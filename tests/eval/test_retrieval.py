@@ -15,7 +15,7 @@ from modalign.eval.retrieval import (
     top_k,
     unique_present_rows,
 )
-from modalign.types import EmbeddingSet
+from modalign.types import Direction, EmbeddingSet
 
 
 def _normed(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -155,9 +155,9 @@ def test_unique_rows_and_missing_modalities():
     emb = EmbeddingSet({"a": x, "b": y}, ids=list("wxyz"))
     res = evaluate_retrieval_per_query(emb, ks=(1,))
     # a -> b: item x has no b, item z has no a: queries are w, y; gallery w, y, z
-    rows, pq = res["a_to_b"]
+    rows, pq = res[Direction("a", "b")]
     assert rows.tolist() == [0, 2] and pq.n_gallery == 3
-    assert res["b_to_a"][0].tolist() == [0, 2]
+    assert res[Direction("b", "a")][0].tolist() == [0, 2]
 
 
 def test_per_query_values_average_to_metrics():

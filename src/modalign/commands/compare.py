@@ -1,7 +1,7 @@
 """``modalign compare RUN_A RUN_B``: paired-bootstrap differences of two evaluated runs.
 
 Both folders need ``per_query.npz`` (written by ``modalign eval``). Queries are paired by item id
-within each ``{split}/{query}_to_{gallery}``; each metric's difference B - A gets a 95% interval
+within each split and retrieval direction; each metric's difference B - A gets a 95% interval
 and a p-value, and is marked significant when the interval excludes zero.
 """
 
@@ -33,20 +33,22 @@ def add_parser(subparsers: Any) -> None:
 
 
 def compare_runs(a: Path, b: Path, metrics: list[str], n_boot: int) -> dict[str, dict[str, float]]:
-    """Paired-bootstrap comparison: ``{split}/{pair}/{metric}`` -> stats (see ``paired_bootstrap``)."""
+    """Paired-bootstrap comparison: flat metric key -> stats (see ``paired_bootstrap``)."""
     from modalign.eval.bootstrap import paired_bootstrap
     from modalign.eval.files import load_per_query
+    from modalign.types import MetricKey
 
     qa, qb = load_per_query(a / "per_query.npz"), load_per_query(b / "per_query.npz")
     out: dict[str, dict[str, float]] = {}
-    for key in sorted(qa.keys() & qb.keys()):
-        (ids_a, va), (ids_b, vb) = qa[key], qb[key]
+    for split, direction in sorted(qa.keys() & qb.keys(), key=lambda k: (k[0], str(k[1]))):
+        (ids_a, va), (ids_b, vb) = qa[split, direction], qb[split, direction]
         common, ia, ib = np.intersect1d(ids_a, ids_b, return_indices=True)
         if len(common) == 0:
             continue
         pick = [m for m in metrics if m in va and m in vb]
         res = paired_bootstrap({m: va[m][ia] for m in pick}, {m: vb[m][ib] for m in pick}, n_boot)
-        out.update({f"{key}/{m}": {**r, "n_queries": float(len(common))} for m, r in res.items()})
+        for m, r in res.items():
+            out[MetricKey(split, direction, m).flatten()] = {**r, "n_queries": float(len(common))}
     if not out:
         raise DataError(f"{a} and {b} share no evaluated queries (same splits and item ids needed)")
     return out

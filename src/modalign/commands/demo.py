@@ -41,13 +41,10 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from modalign.data.tuxpaint import DEFAULT_ROOT
     from modalign.demo import run_demo
+    from modalign.types import headline_keys
 
     result = run_demo(args.out, args.stamps or DEFAULT_ROOT, args.cache, args.smoke, args.limit)
-    headline = {
-        k: round(v, 3)
-        for k, v in result.metrics.items()
-        if k.startswith("test/") and k.endswith("/recall@1")
-    }
+    headline = {k: round(result.metrics[k], 3) for k in headline_keys(result.metrics)}
     print(
         json.dumps(
             {

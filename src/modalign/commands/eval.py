@@ -1,6 +1,7 @@
 """``modalign eval RUN_DIR`` or ``modalign eval --embeddings FILE.npz --out DIR``.
 
-Writes ``metrics.json`` (keys ``{split}/{subject}/{metric}``), ``intervals.json`` (95% bootstrap
+Writes ``metrics.json`` (flat :class:`~modalign.types.MetricKey` keys such as
+``test/image_to_text/recall@1``, ``...~centered`` after mean centring), ``intervals.json`` (95% bootstrap
 intervals of the retrieval metrics), ``per_query.npz`` (for ``modalign compare``) and a
 self-contained ``report.html``. A run folder gets them in place (metrics merged into its
 ``metrics.json``); an embeddings file is evaluated as split ``all``.
@@ -52,6 +53,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from modalign.eval.suite import evaluate_split
+    from modalign.types import headline_keys
 
     if (args.run_dir is None) == (args.embeddings is None):
         raise ConfigError("give either a run folder or --embeddings FILE.npz (with --out DIR)")
@@ -64,10 +66,9 @@ def run(args: argparse.Namespace) -> int:
     ]
     _write_outputs(out, evaluations, merge=args.embeddings is None, report=not args.no_report)
     headline = {
-        k: round(v, 4)
+        k.flatten(): round(ev.metrics[k], 4)
         for ev in evaluations
-        for k, v in ev.metrics.items()
-        if k.endswith("/recall@1") and "_centered/" not in k
+        for k in headline_keys(ev.metrics, split=None)
     }
     print(json.dumps({"out": str(out), **headline}))
     return 0
@@ -121,20 +122,21 @@ def _class_spec(names_file: Path | None, protos: Any, labels: Any, source: Path)
 def _write_outputs(out: Path, evaluations: list[Any], merge: bool, report: bool) -> None:
     from modalign.eval.files import save_per_query
     from modalign.io import write_json_atomic
-    from modalign.report.html import evaluation_sections, training_section, write_report
+    from modalign.report import evaluation_sections, training_section, write_report
 
     metrics: dict[str, float] = {}
     if merge and (out / "metrics.json").is_file():
         metrics = json.loads((out / "metrics.json").read_text())
     for ev in evaluations:
-        metrics.update(ev.metrics)
+        metrics.update({k.flatten(): v for k, v in ev.metrics.items()})
     write_json_atomic(out / "metrics.json", metrics)
     write_json_atomic(
-        out / "intervals.json", {k: list(v) for ev in evaluations for k, v in ev.intervals.items()}
+        out / "intervals.json",
+        {k.flatten(): list(v) for ev in evaluations for k, v in ev.intervals.items()},
     )
     save_per_query(
         out / "per_query.npz",
-        {f"{ev.split}/{p}": r for ev in evaluations for p, r in ev.retrieval.items()},
+        {(ev.split, d): r for ev in evaluations for d, r in ev.retrieval.items()},
     )
     if report:
         sections = []

@@ -29,16 +29,13 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from modalign.train.loop import fit
+    from modalign.types import headline_keys
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / cfg.name
     metrics = fit(cfg, out, resume=args.resume)
     if not metrics:  # not the first of several processes: it prints the result
         return 0
-    headline = {
-        k: round(v, 4)
-        for k, v in metrics.items()
-        if k.startswith("test/") and k.endswith("/recall@1")
-    }
+    headline = {k: round(metrics[k], 4) for k in headline_keys(metrics)}
     print(json.dumps({"run_dir": str(out), **headline}))
     return 0

@@ -4,6 +4,8 @@ A modality cell holds a file path (relative to the manifest's folder, or absolut
 text, or an id into a feature store. An empty cell means that modality is missing for the row.
 Optional columns: ``id`` (defaults to the row number), ``group`` (rows sharing a group are all
 positives of each other) and ``split`` (``train``/``val``/``test``; otherwise a seeded split).
+A modality column's name must fit in a metric key (see :func:`modalign.types.name_problem`):
+``speech_to_text`` is refused, since ``speech_to_text_to_image`` would read two ways.
 
 Example:
     >>> import tempfile, pathlib
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from modalign.errors import DataError
+from modalign.types import name_problem
 
 RESERVED_COLUMNS = ("id", "group", "split", "label")
 SPLITS = ("train", "val", "test")
@@ -119,6 +122,9 @@ def read_manifest(path: str | Path, modalities: Sequence[str] | None = None) -> 
     for name in names:
         if name not in frame:
             raise DataError(f"{path}: no column {name!r} (columns: {', '.join(list(frame))})")
+        problem = name_problem(name)
+        if problem is not None:
+            raise DataError(f"{path}: column {name!r} cannot name a modality: it {problem}")
     if not names:
         raise DataError(f"{path}: no modality columns (only {', '.join(list(frame))})")
     ids = _read_ids(frame, path)

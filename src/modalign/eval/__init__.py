@@ -1,8 +1,7 @@
 """Evaluation: exact streamed retrieval metrics, zero-shot, probes, diagnostics, reports.
 
-The functions here are pure: embeddings in, ``dict[str, float]`` (or per-query arrays) out.
-Metric keys follow one scheme: ``{split}/{query}_to_{gallery}/{metric}``, e.g.
-``test/image_to_text/recall@1``.
+The functions here are pure: embeddings in, metrics (or per-query arrays) out. Metrics are
+named by :class:`modalign.types.MetricKey` (flat form e.g. ``test/image_to_text/recall@1``).
 """
 
 from modalign.eval.retrieval import (

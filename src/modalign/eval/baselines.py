@@ -46,7 +46,7 @@ import numpy as np
 from modalign.errors import DataError
 from modalign.linalg import fit_cca, fit_pca, fit_procrustes
 from modalign.registry import Registry
-from modalign.types import EmbeddingSet
+from modalign.types import EmbeddingSet, headline_keys
 
 DEFAULT_BASELINES = ("random", "procrustes", "cca")
 
@@ -225,11 +225,8 @@ def _choose(
             [ids[int(i)] for i in rows],
             None if groups is None else groups[rows],
         )
-        scores = [
-            v
-            for key, v in evaluate_retrieval(emb, "val", ks=(1,)).items()
-            if key.endswith("/recall@1")
-        ]
+        val = evaluate_retrieval(emb, "val", ks=(1,))
+        scores = [val[key] for key in headline_keys(val, split="val")]
         score = float(np.mean(scores)) if scores else 0.0
         if score > best_score:
             best, best_score = maps, score

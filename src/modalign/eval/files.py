@@ -6,10 +6,13 @@ array is item i; a row of NaN marks the modality missing for item i. Optional ar
 (class indices, for zero-shot and probes; -1 = unlabelled) with their names in ``label_names``
 (C,) strings, ``id`` (N,) strings, and class
 prototypes ``classes`` (C, D) or per-template (T, C, D) in the shared space (for zero-shot).
-Rows are L2-normalised on load.
+Rows are L2-normalised on load. A modality name must fit in a metric key (see
+:func:`~modalign.types.name_problem`: no ``/``, ``~``, ``_to_``, ``_vs_``).
 
-**per_query.npz.** For each ``{split}/{query}_to_{gallery}``: ``.../ids`` (the query item ids) and
-``.../{metric}`` (float per query), which ``modalign compare`` pairs up by id.
+**per_query.npz.** For each split and retrieval direction, arrays named by the flat
+:class:`~modalign.types.MetricKey` of metric ``ids`` (the query item ids, e.g.
+``test/image_to_text/ids``) and of each per-query metric (float per query, e.g.
+``test/image_to_text/recall@1``), which ``modalign compare`` pairs up by id.
 
 Example:
     >>> import tempfile, pathlib
@@ -30,7 +33,7 @@ import numpy as np
 from modalign.errors import DataError
 from modalign.eval.retrieval import PerQueryRetrieval
 from modalign.io import atomic_path
-from modalign.types import EmbeddingSet
+from modalign.types import Direction, EmbeddingSet, MetricKey, name_problem
 
 RESERVED = {"group", "label", "id", "classes", "label_names"}
 
@@ -76,6 +79,9 @@ def _check_modalities(path: Path, mods: dict[str, np.ndarray]) -> int:
     if len(set(widths.values())) > 1:
         raise DataError(f"{path}: embeddings of one space must share a width, got {widths}")
     for k, v in mods.items():
+        problem = name_problem(k)
+        if problem is not None:
+            raise DataError(f"{path}: array {k!r} cannot name a modality: it {problem}")
         if v.ndim != 2 or not np.issubdtype(v.dtype, np.floating):
             raise DataError(
                 f"{path}: array {k!r} must be a float (N, D) array, got {v.dtype} {v.shape}"
@@ -144,32 +150,39 @@ def save_embeddings_npz(
         np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
+#: (split, direction): the unit of per-query results.
+PerQueryKey = tuple[str, Direction]
+
+
 def save_per_query(
-    path: str | os.PathLike[str], results: dict[str, tuple[list[str], PerQueryRetrieval]]
+    path: str | os.PathLike[str], results: dict[PerQueryKey, tuple[list[str], PerQueryRetrieval]]
 ) -> None:
-    """Write per-query retrieval values, keyed ``{split}/{pair}/ids`` and ``{split}/{pair}/{metric}``."""
+    """Write per-query retrieval values under the flat keys of metric ``ids`` and each metric."""
     arrays: dict[str, np.ndarray] = {}
-    for key, (ids, pq) in results.items():
-        arrays[f"{key}/ids"] = np.asarray(ids, dtype=str)
-        arrays.update({f"{key}/{m}": v for m, v in pq.values().items()})
+    for (split, direction), (ids, pq) in results.items():
+        arrays[MetricKey(split, direction, "ids").flatten()] = np.asarray(ids, dtype=str)
+        arrays.update({MetricKey(split, direction, m).flatten(): v for m, v in pq.values().items()})
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
 
 
 def load_per_query(
     path: str | os.PathLike[str],
-) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Read :func:`save_per_query`'s file: ``{split}/{pair}`` -> (ids, metric -> values)."""
+) -> dict[PerQueryKey, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Read :func:`save_per_query`'s file: (split, direction) -> (ids, metric -> values)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: not found (run `modalign eval` on it first)")
-    out: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    out: dict[PerQueryKey, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
     with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            head, metric = key.rsplit("/", 1)
+        for name in data.files:
+            key = MetricKey.try_parse(name)
+            if key is None or not isinstance(key.subject, Direction) or key.variant is not None:
+                raise DataError(f"{path}: array {name!r} is not split/query_to_gallery/metric")
+            head = (key.split, key.subject)
             _, values = out.setdefault(head, (np.array([]), {}))
-            if metric == "ids":
-                out[head] = (data[key], values)
+            if key.metric == "ids":
+                out[head] = (data[name], values)
             else:
-                values[metric] = data[key]
+                values[key.metric] = data[name]
     return out

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from modalign.losses.functional import check_pairing
-from modalign.types import EmbeddingSet
+from modalign.types import Direction, EmbeddingSet, MetricKey
 
 #: Above this many positives per query, ranks are found by sorting rows instead of one pass each.
 SORT_THRESHOLD = 16
@@ -357,7 +357,7 @@ def unique_present_rows(emb: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 def evaluate_retrieval_per_query(
     emb: EmbeddingSet, ks: Sequence[int] = (1, 5, 10), chunk_size: int | None = None
-) -> dict[str, tuple[np.ndarray, PerQueryRetrieval]]:
+) -> dict[Direction, tuple[np.ndarray, PerQueryRetrieval]]:
     """Per-query retrieval results for every ordered pair of modalities.
 
     Queries are the unique present rows of the query modality whose group has at least one present
@@ -365,19 +365,19 @@ def evaluate_retrieval_per_query(
     :func:`unique_present_rows`); any gallery item of the query's group is a hit.
 
     Returns:
-        ``{"image_to_text": (query_rows, per_query), ...}`` where ``query_rows`` are the item
-        indices (rows of ``emb``) of the queries, in the order of ``per_query``. Pairs with no
-        query or no gallery item are left out.
+        ``{Direction("image", "text"): (query_rows, per_query), ...}`` where ``query_rows`` are
+        the item indices (rows of ``emb``) of the queries, in the order of ``per_query``.
+        Directions with no query or no gallery item are left out.
 
     Example:
         >>> x = np.eye(2, dtype=np.float32)
         >>> r = evaluate_retrieval_per_query(EmbeddingSet({"a": x, "b": x}, ids=["0", "1"]), ks=(1,))
-        >>> sorted(r), r["a_to_b"][0].tolist()
-        (['a_to_b', 'b_to_a'], [0, 1])
+        >>> list(r), r[Direction("a", "b")][0].tolist()
+        ([Direction(query='a', gallery='b'), Direction(query='b', gallery='a')], [0, 1])
     """
     groups = emb.group_ids()
     keep = {m: unique_present_rows(emb.embeddings[m], groups) for m in emb.modalities}
-    out: dict[str, tuple[np.ndarray, PerQueryRetrieval]] = {}
+    out: dict[Direction, tuple[np.ndarray, PerQueryRetrieval]] = {}
     for qm in emb.modalities:
         for gm in emb.modalities:
             rows_g = keep[gm]
@@ -386,22 +386,22 @@ def evaluate_retrieval_per_query(
                 continue
             q, g = emb.embeddings[qm][rows_q], emb.embeddings[gm][rows_g]
             pq = retrieval_per_query(q, g, groups[rows_q], groups[rows_g], ks, chunk_size)
-            out[f"{qm}_to_{gm}"] = (rows_q, pq)
+            out[Direction(qm, gm)] = (rows_q, pq)
     return out
 
 
 def evaluate_retrieval(
     emb: EmbeddingSet, split: str, ks: Sequence[int] = (1, 5, 10), chunk_size: int | None = None
 ) -> dict[str, float]:
-    """Retrieval metrics for every ordered pair of modalities, as flat keys.
+    """Retrieval metrics for every ordered pair of modalities, as flat keys (for JSON files).
 
     Args:
         emb: the embeddings of one split. split: name used as the first key part.
         ks: cut-offs. chunk_size: queries per chunk (see :func:`retrieval_metrics`).
 
     Returns:
-        ``{"{split}/{query}_to_{gallery}/{metric}": value}``, with ``n_queries`` and ``n_gallery``
-        among the metrics.
+        ``{MetricKey(split, direction, metric).flatten(): value}`` (e.g.
+        ``test/image_to_text/recall@1``), with ``n_queries`` and ``n_gallery`` among the metrics.
 
     Example:
         >>> x = np.eye(3, dtype=np.float32)
@@ -410,7 +410,7 @@ def evaluate_retrieval(
         (1.0, 3.0)
     """
     out: dict[str, float] = {}
-    for pair, (_, pq) in evaluate_retrieval_per_query(emb, ks, chunk_size).items():
+    for direction, (_, pq) in evaluate_retrieval_per_query(emb, ks, chunk_size).items():
         metrics = {**summarize_retrieval(pq), "n_queries": len(pq), "n_gallery": pq.n_gallery}
-        out.update({f"{split}/{pair}/{k}": float(v) for k, v in metrics.items()})
+        out.update({MetricKey(split, direction, k).flatten(): float(v) for k, v in metrics.items()})
     return out

@@ -135,13 +135,15 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 def monitored_value(metrics: dict[str, float], name: str) -> float:
     """A full metric key, or the mean of a bare metric name over every val direction."""
-    if "/" in name:
+    from modalign.types import MetricKey, headline_keys
+
+    if MetricKey.try_parse(name) is not None:
         if name not in metrics:
             raise ConfigError(
                 f"train.early_stopping.metric {name!r} is not computed; available: {', '.join(sorted(metrics))}"
             )
         return metrics[name]
-    values = [v for k, v in metrics.items() if k.startswith("val/") and k.endswith(f"/{name}")]
+    values = [metrics[k] for k in headline_keys(metrics, split="val", metric=name)]
     if not values:
         raise ConfigError(f"train.early_stopping.metric {name!r} is not computed on the val split")
     return float(np.mean(values))
