@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modalign.commands import add_features_option, open_feature_files
 from modalign.errors import ConfigError
 
 
@@ -27,13 +28,7 @@ def add_parser(subparsers: Any) -> None:
         "--manifest", type=Path, required=True, help="items to embed (CSV/TSV/JSONL/Parquet)"
     )
     p.add_argument("--out", type=Path, required=True, help="the .npz to write")
-    p.add_argument(
-        "--features",
-        action="append",
-        default=[],
-        metavar="MODALITY=FILE",
-        help="feature file (.npy or .safetensors) of a modality that takes features (repeatable)",
-    )
+    add_features_option(p)
     p.add_argument("--batch-size", type=int, default=64, help="items per forward pass")
     p.set_defaults(run=run)
 
@@ -41,17 +36,11 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from modalign.data.manifest import read_manifest
     from modalign.eval.files import save_embeddings_npz
-    from modalign.features.store import FeatureStore
     from modalign.model.load import encode_manifest, load
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
-    stores = {}
-    for item in args.features:
-        modality, sep, path = item.partition("=")
-        if not sep or not modality or not path:
-            raise ConfigError(f"--features {item!r} is not of the form MODALITY=FILE")
-        stores[modality] = FeatureStore.open(path)
+    stores = open_feature_files(args.features)
     model = load(args.run_dir)
     manifest = read_manifest(
         args.manifest, [m for m in model.modalities if m in _columns(args.manifest)]

@@ -198,6 +198,35 @@ class TrainedModel:
         out = torch.cat(parts) if parts else x.new_zeros(0, self.embed_dim)
         return out.float().cpu().numpy()
 
+    def text_modality(self) -> str:
+        """The one modality that reads texts (zero-shot class prompts go through it)."""
+        texts = [m for m in self.modalities if self.input_kind(m) == "text"]
+        if len(texts) != 1:
+            raise DataError(
+                f"{self.run_dir}: {len(texts)} modalities read texts ({', '.join(texts) or 'none'}); "
+                "name the one for class prompts"
+            )
+        return texts[0]
+
+    def class_prototypes(
+        self,
+        classes: Sequence[str],
+        templates: Sequence[str] = ("{}",),
+        modality: str | None = None,
+    ) -> np.ndarray:
+        """(T, C, D) embeddings of every class name written into every template (``{}`` marks
+        where the name goes), through the text modality: CLIP's zero-shot prototypes, ensembled
+        by ``modalign.eval.zeroshot``."""
+        for t in templates:
+            if t.count("{}") != 1:
+                raise DataError(
+                    f"template {t!r} must contain {{}} exactly once (where the class name goes)"
+                )
+        modality = modality or self.text_modality()
+        prompts = [t.format(c) for t in templates for c in classes]
+        flat = self.encode(modality, prompts)  # (T * C, D)
+        return flat.reshape(len(templates), len(classes), -1)
+
     def tower(self, modality: str) -> Tower:
         """The whole path of ``modality`` as one module: raw encoder (when there is one), then
         the model's encoder and head, then L2 normalisation. Its input is what the raw encoder's
