@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from modalign.config import Config, EvalConfig, load_config, with_overrides
+from modalign.config import Config, load_config, with_overrides
 from modalign.data.manifest import Manifest, read_manifest
 from modalign.data.tuxpaint import DEFAULT_ROOT, build_tuxpaint_manifest
 from modalign.encoders import build_encoder
+from modalign.eval.baselines import score_baselines
 from modalign.io import write_json_atomic
-from modalign.pipeline import RunParts
-from modalign.report import RetrievalExample, Section
+from modalign.report import RetrievalExample
 from modalign.train.loop import Trainer
-from modalign.types import EmbeddingSet, MetricKey, headline_keys
+from modalign.types import EmbeddingSet
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def run_demo(
     trainer = Trainer(cfg, run_dir)
     metrics = trainer.fit()
     clock.lap("train")
-    baselines = score_baselines(trainer.parts, cfg.eval)
+    baselines = score_baselines(trainer.parts.data, cfg.eval.splits, cfg.eval.ks)
     write_json_atomic(run_dir / "baselines.json", baselines)
     report = write_demo_report(trainer, metrics, baselines)
     clock.lap("report")
@@ -123,21 +123,6 @@ def embed_features(cfg: Config, manifest: Manifest, cache: Path) -> None:
         )  # fmt: skip
 
 
-def score_baselines(parts: RunParts, cfg: EvalConfig) -> dict[str, dict[str, float]]:
-    """Baselines fitted on the same frozen features and splits as the model, scored on
-    ``cfg.splits``: ``{baseline: {metric key: value}}``."""
-    from modalign.eval.baselines import evaluate_baselines, fit_baselines
-
-    data = parts.data
-    features = {m: data.feature_matrix(m) for m in parts.stores}
-    fitted = fit_baselines(features, data.split_names(), data.manifest.ids, data.manifest.groups)
-    scores: dict[str, dict[str, float]] = {}
-    for split in cfg.splits:
-        for name, values in evaluate_baselines(fitted, split, cfg.ks).items():
-            scores.setdefault(name, {}).update(values)
-    return scores
-
-
 def write_demo_report(
     trainer: Trainer, metrics: dict[str, float], baselines: dict[str, dict[str, float]]
 ) -> Path:
@@ -150,7 +135,7 @@ def write_demo_report(
     emb = embed_split(trainer.model, data, "test", cfg.eval.chunk_size)
     ev = evaluate_split(emb, "test", cfg.eval.ks)
     sections = [rp.training_section(trainer.run_dir / "metrics.jsonl"), *rp.evaluation_sections(ev)]
-    sections.insert(2, baseline_section(metrics, baselines))
+    sections.insert(2, rp.baseline_section(metrics, baselines))
     sections.append(rp.examples_section(caption_to_image_examples(emb, data.manifest)))
     path = trainer.run_dir / "report.html"
     rp.write_report(
@@ -160,23 +145,6 @@ def write_demo_report(
         subtitle=f"test split, {len(emb)} stamps; frozen EfficientNet-Lite0, all-MiniLM-L6-v2 and log-mel statistics",
     )
     return path
-
-
-def baseline_section(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> Section:
-    """Test R@1 of the trained model next to every baseline, per direction."""
-    from modalign import report as rp
-
-    keys = sorted(headline_keys(metrics))
-    header = ["direction", "trained", *baselines]
-    rows = [
-        [
-            str(MetricKey.parse(k).subject),
-            metrics[k],
-            *(b.get(k, float("nan")) for b in baselines.values()),
-        ]
-        for k in keys
-    ]
-    return rp.Section("Trained model vs baselines (test recall@1)", rp.table_html(rows, header))
 
 
 def _thumbnail(path: Path, size: int = 96) -> np.ndarray | None:

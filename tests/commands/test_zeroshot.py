@@ -91,3 +91,29 @@ def test_zeroshot_refuses_unknown_labels_and_bad_templates(
     assert "row 3, field 'label': label 'bird' is not one of the classes" in capsys.readouterr().err
     assert main([*base, "--classes", "cat,dog,bird", "--template", "no slot"]) == 1
     assert "must contain {} exactly once" in capsys.readouterr().err
+
+
+def test_eval_run_uses_the_label_column_and_fits_baselines(
+    text_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, d = text_run
+    (tmp_path / "names.txt").write_text("dog\ncat\nbird\n")
+    argv = ["eval", str(run), "--out", str(tmp_path / "ev"), "--splits", "test",
+            "--class-names", str(tmp_path / "names.txt"), "--template", "a {}", "--baselines",
+            "--bootstrap", "0"]  # fmt: skip
+    (tmp_path / "ev").mkdir()
+    assert main(argv) == 0
+    capsys.readouterr()
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    model = load(run)
+    rows = list(range(75, 90))  # the test split
+    x = model.encode("signal", np.load(d / "signal.npy")[rows])
+    protos = model.encode("caption", ["a dog", "a cat", "a bird"])
+    truth = np.array([("dog", "cat", "bird").index(ANIMALS[i % 3]) for i in rows])
+    expected = ((x @ protos.T).argmax(1) == truth).mean()
+    assert metrics["test/signal/zero_shot_top1"] == pytest.approx(expected)
+    assert {"test/signal/linear_probe_accuracy", "test/caption/knn_accuracy"} <= metrics.keys()
+    baselines = json.loads((tmp_path / "ev" / "baselines.json").read_text())
+    assert set(baselines) == {"random", "procrustes", "cca"}
+    assert "test/signal_to_caption/recall@1" in baselines["cca"]
+    assert "Trained model vs baselines" in (tmp_path / "ev" / "report.html").read_text()

@@ -39,7 +39,23 @@ def add_parser(subparsers: Any) -> None:
         "--splits", nargs="+", help="splits of the run to evaluate (default: the config's)"
     )
     p.add_argument(
-        "--class-names", type=Path, help="text file, one class name per line (zero-shot)"
+        "--class-names",
+        type=Path,
+        help="text file, one class name per line: zero-shot against these classes (for a run, "
+        "its manifest's label column holds them; its text modality embeds the prompts)",
+    )
+    p.add_argument(
+        "--template",
+        action="append",
+        default=[],
+        help='a run\'s zero-shot prompt with {} for the class name (repeatable; default "{}")',
+    )
+    p.add_argument("--text-modality", help="a run's modality that embeds the class prompts")
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="a run: also fit random, Procrustes and CCA maps on its train features and report "
+        "them beside the model (baselines.json)",
     )
     p.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10], help="retrieval cut-offs")
     p.add_argument(
@@ -88,9 +104,51 @@ def _load_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Path]:
         )
     if not args.run_dir.is_dir():
         raise DataError(f"{args.run_dir}: not a run folder")
-    from modalign.model.inference import embed_run  # lazy: training pulls in the model stack
+    from modalign.model.inference import embed_split, load_run
 
-    return embed_run(args.run_dir, args.splits), None, args.out or args.run_dir
+    cfg, model, data = load_run(args.run_dir)
+    splits = args.splits or cfg.eval.splits
+    sets = {split: embed_split(model, data, split, cfg.eval.chunk_size) for split in splits}
+    classes = None
+    if args.class_names is not None or args.template:
+        classes = _run_classes(args, data.label_names, sets)
+    if args.baselines:
+        _write_baselines(args.out or args.run_dir, data, splits, tuple(args.ks))
+    return sets, classes, args.out or args.run_dir
+
+
+def _run_classes(args: argparse.Namespace, label_names: list[str], sets: dict[str, Any]) -> Any:
+    """Zero-shot classes of a run: the class-names file (or its label names), its labels
+    re-indexed to them, prototypes from the run's text modality."""
+    import numpy as np
+
+    from modalign.commands.zeroshot import read_classes
+    from modalign.eval.suite import ClassSpec
+    from modalign.model.load import load
+
+    if not label_names:
+        raise DataError(
+            f"{args.run_dir}: its manifest has no label column to score zero-shot against"
+        )
+    names = read_classes(None, args.class_names) if args.class_names else label_names
+    missing = sorted(set(label_names) - set(names))
+    if missing:
+        raise DataError(
+            f"{args.class_names}: labels {missing[:5]} of the manifest are not class names here"
+        )
+    remap = np.array([names.index(n) for n in label_names] + [-1], dtype=np.int64)  # -1 -> -1
+    for emb in sets.values():
+        if emb.labels is not None:
+            emb.labels[:] = remap[emb.labels]
+    protos = load(args.run_dir).class_prototypes(names, args.template or ["{}"], args.text_modality)
+    return ClassSpec(names, protos)
+
+
+def _write_baselines(out: Path, data: Any, splits: Any, ks: tuple[int, ...]) -> None:
+    from modalign.eval.baselines import score_baselines
+    from modalign.io import write_json_atomic
+
+    write_json_atomic(out / "baselines.json", score_baselines(data, splits, ks))
 
 
 def _class_spec(names_file: Path | None, protos: Any, labels: Any, source: Path) -> Any:
@@ -122,7 +180,12 @@ def _class_spec(names_file: Path | None, protos: Any, labels: Any, source: Path)
 def _write_outputs(out: Path, evaluations: list[Any], merge: bool, report: bool) -> None:
     from modalign.eval.files import save_per_query
     from modalign.io import write_json_atomic
-    from modalign.report import evaluation_sections, training_section, write_report
+    from modalign.report import (
+        baseline_section,
+        evaluation_sections,
+        training_section,
+        write_report,
+    )
 
     metrics: dict[str, float] = {}
     if merge and (out / "metrics.json").is_file():
@@ -142,6 +205,9 @@ def _write_outputs(out: Path, evaluations: list[Any], merge: bool, report: bool)
         sections = []
         if (out / "metrics.jsonl").is_file():
             sections.append(training_section(out / "metrics.jsonl"))
+        if (out / "baselines.json").is_file() and merge:
+            baselines = json.loads((out / "baselines.json").read_text())
+            sections.append(baseline_section(metrics, baselines))
         for ev in evaluations:
             sections += [
                 type(s)(f"{s.title} ({ev.split})", s.html) for s in evaluation_sections(ev)

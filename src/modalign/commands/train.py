@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from modalign.commands import add_override_option
 from modalign.config import load_config
+from modalign.types import headline_keys
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,7 +32,6 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from modalign.train.loop import fit
-    from modalign.types import headline_keys
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / cfg.name
@@ -37,5 +39,21 @@ def run(args: argparse.Namespace) -> int:
     if not metrics:  # not the first of several processes: it prints the result
         return 0
     headline = {k: round(metrics[k], 4) for k in headline_keys(metrics)}
+    print_headline(metrics)
     print(json.dumps({"run_dir": str(out), **headline}))
     return 0
+
+
+def print_headline(metrics: dict[str, float]) -> None:
+    """A small table of test recall@1 and MRR per direction, on standard error."""
+    from modalign.types import MetricKey
+
+    rows = [(MetricKey.parse(k), metrics[k]) for k in headline_keys(metrics)]
+    if not rows:
+        return
+    width = max(len(key.subject.label) for key, _ in rows)  # type: ignore[union-attr]
+    lines = [f"{'test direction':<{width}}  recall@1     mrr"]
+    for key, r1 in rows:
+        mrr = metrics.get(dataclasses.replace(key, metric="mrr").flatten(), float("nan"))
+        lines.append(f"{key.subject.label:<{width}}  {r1:8.3f}  {mrr:6.3f}")  # type: ignore[union-attr]
+    print("\n".join(lines), file=sys.stderr)

@@ -58,6 +58,23 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def label_indices(self) -> tuple[list[str], np.ndarray | None]:
+        """Class names of the ``label`` column (sorted) and each row's index into them (-1 for
+        an empty label); ``([], None)`` without a label column.
+
+        Example:
+            >>> m = Manifest(Path("m.csv"), Path("."), ["a", "b", "c"], {"x": ["1", "2", "3"]},
+            ...     labels=["dog", None, "cat"])
+            >>> names, idx = m.label_indices()
+            >>> names, idx.tolist()
+            (['cat', 'dog'], [1, -1, 0])
+        """
+        if self.labels is None:
+            return [], None
+        names = sorted({x for x in self.labels if x is not None})
+        index = {name: i for i, name in enumerate(names)}
+        return names, np.array([index[x] if x is not None else -1 for x in self.labels], np.int64)
+
     def resolve(self, cell: str) -> Path:
         """The file a path cell points at (relative paths against the manifest's folder)."""
         path = Path(cell).expanduser()

@@ -94,6 +94,7 @@ class PairedData:
         self.present = {
             m: np.array([c is not None for c in manifest.cells[m]]) for m in self.modalities
         }
+        self.label_names, self.labels = manifest.label_indices()
         self.keys: dict[str, list[str]] = {
             m: [c or "" for c in manifest.cells[m]] for m in self.modalities
         }

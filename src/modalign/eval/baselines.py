@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modalign.data.paired import PairedData
 from modalign.errors import DataError
 from modalign.linalg import fit_cca, fit_pca, fit_procrustes
 from modalign.registry import Registry
@@ -247,3 +248,19 @@ def evaluate_baselines(
         for emb in per_split.get(split, []):
             out[name].update(evaluate_retrieval(emb, split, ks))
     return out
+
+
+def score_baselines(
+    data: PairedData, splits: Sequence[str], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, dict[str, float]]:
+    """Baselines fitted on the train rows of a run's feature stores (every modality that has
+    one), tuned on val, scored on ``splits``: ``{baseline: {metric key: value}}``."""
+    features = {m: data.feature_matrix(m) for m in data.stores}
+    if len(features) < 2:
+        raise DataError("baselines need two modalities with feature files")
+    fitted = fit_baselines(features, data.split_names(), data.manifest.ids, data.manifest.groups)
+    scores: dict[str, dict[str, float]] = {}
+    for split in splits:
+        for name, values in evaluate_baselines(fitted, split, ks).items():
+            scores.setdefault(name, {}).update(values)
+    return scores

@@ -49,7 +49,8 @@ def embed_rows(
             out[m][positions] = e.float().cpu().numpy()
     manifest = data.manifest
     groups = manifest.groups[rows] if manifest.groups is not None else None
-    return EmbeddingSet(out, ids=[manifest.ids[r] for r in rows], groups=groups)
+    labels = data.labels[rows] if data.labels is not None else None
+    return EmbeddingSet(out, ids=[manifest.ids[r] for r in rows], groups=groups, labels=labels)
 
 
 def embed_split(

@@ -358,7 +358,7 @@ def encode_manifest(
 
     Returns:
         An ``EmbeddingSet`` (NaN rows where a cell is empty), with the manifest's ids and groups;
-        labels are class indices into ``sorted(set(labels))`` (-1 where unlabelled).
+        labels are class indices (``Manifest.label_indices``).
     """
     features = dict(features or {})
     out: dict[str, np.ndarray] = {}
@@ -381,18 +381,4 @@ def encode_manifest(
         raise DataError(
             f"{manifest.path}: no column names a modality of the model ({', '.join(model.modalities)})"
         )
-    return EmbeddingSet(out, list(manifest.ids), manifest.groups, label_indices(manifest.labels))
-
-
-def label_indices(labels: Sequence[str | None] | None) -> np.ndarray | None:
-    """Class indices into ``sorted`` class names (-1 for an empty label), or None.
-
-    Example:
-        >>> label_indices(["dog", None, "cat", "dog"]).tolist()
-        [1, -1, 0, 1]
-    """
-    if labels is None:
-        return None
-    names = sorted({x for x in labels if x is not None})
-    index = {name: i for i, name in enumerate(names)}
-    return np.array([index[x] if x is not None else -1 for x in labels], dtype=np.int64)
+    return EmbeddingSet(out, list(manifest.ids), manifest.groups, manifest.label_indices()[1])

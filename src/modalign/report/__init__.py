@@ -17,6 +17,7 @@ from modalign.report.html import (
 )
 from modalign.report.sections import (
     RetrievalExample,
+    baseline_section,
     classification_section,
     collapse_section,
     evaluation_sections,
@@ -34,6 +35,7 @@ __all__ = [
     "PALETTE",
     "RetrievalExample",
     "Section",
+    "baseline_section",
     "classification_section",
     "collapse_section",
     "evaluation_sections",

@@ -400,3 +400,18 @@ def examples_section(
             f'<div class="example"><div class="q">“{html.escape(ex.query)}”</div><div class="row">{items}</div></div>'
         )
     return Section(title, f'<div class="examples">{"".join(blocks)}</div>')
+
+
+def baseline_section(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> Section:
+    """Test recall@1 of the trained model next to every baseline, per direction."""
+    keys = sorted(headline_keys(metrics))
+    header = ["direction", "trained", *baselines]
+    rows = [
+        [
+            str(MetricKey.parse(k).subject),
+            metrics[k],
+            *(b.get(k, float("nan")) for b in baselines.values()),
+        ]
+        for k in keys
+    ]
+    return Section("Trained model vs baselines (test recall@1)", table_html(rows, header))
