@@ -94,3 +94,32 @@ def test_demo_smoke_run_writes_metrics_baselines_and_report(tmp_path: Path) -> N
     assert {
         p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()
     } == cached
+
+
+def test_demo_run_loads_and_embeds_raw_items_after_its_data_is_gone(tmp_path: Path) -> None:
+    import shutil
+
+    from modalign.demo import run_demo
+    from modalign.model.inference import embed_run, load_run
+    from modalign.model.load import load
+
+    root = draw_stamps(tmp_path / "stamps", copies=3)
+    result = run_demo(tmp_path / "out", root=root, cache=tmp_path / "cache", smoke=True)
+    _, _, data = load_run(result.run_dir)
+    ref = embed_run(result.run_dir, ["test"])["test"]
+    row = {key: i for i, key in enumerate(data.manifest.ids)}
+    items = [(i, row[item]) for i, item in enumerate(ref.ids)][:4]
+    captions = [data.manifest.cells["caption"][r] or "" for _, r in items]
+    images = [str(data.manifest.resolve(data.manifest.cells["image"][r] or "")) for _, r in items]
+    moved = shutil.copytree(result.run_dir, tmp_path / "moved")
+    for gone in (tmp_path / "out", tmp_path / "cache"):
+        shutil.rmtree(gone)
+    model = load(moved)
+    assert model.input_kind("caption") == "text" and model.input_kind("image") == "file"
+    picked = [i for i, _ in items]
+    np.testing.assert_allclose(
+        model.encode("caption", captions), ref.embeddings["caption"][picked], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        model.encode("image", images), ref.embeddings["image"][picked], atol=1e-4
+    )
