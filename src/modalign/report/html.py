@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -546,14 +545,10 @@ def evaluation_sections(ev: SplitEvaluation) -> list[Section]:
 
 
 def read_metrics_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Rows of a run's ``metrics.jsonl``; blank or truncated last lines are skipped."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """Rows of a run's ``metrics.jsonl`` (``modalign.io.read_jsonl``: a torn last line is dropped)."""
+    from modalign.io import read_jsonl
+
+    return read_jsonl(Path(path))
 
 
 def recall_at_1_keys(rows: Sequence[dict[str, Any]]) -> list[str]:

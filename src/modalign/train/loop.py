@@ -7,6 +7,7 @@ step and per epoch), ``tensorboard/``, ``last.pt`` (everything needed to resume 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -21,14 +22,15 @@ from tqdm.auto import tqdm
 from modalign import distributed
 from modalign.config import Config, save_config
 from modalign.data.paired import Batch, BatchDataset, EpochBatches, merge_chunks
-from modalign.errors import ConfigError
-from modalign.io import write_json_atomic
+from modalign.errors import ConfigError, DataError
+from modalign.io import hold_folder, write_json_atomic
 from modalign.losses.engine import pair_loss
 from modalign.model.aligner import Aligner
 from modalign.model.inference import embed_split, to_device
 from modalign.model.init import init_heads_cca
 from modalign.pipeline import RunParts, build_parts
 from modalign.train.checkpoint import (
+    check_model_state,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -187,7 +189,7 @@ class Trainer:
         self.parts: RunParts = build_parts(cfg)
         self.device = pick_device(cfg.train.device, distributed.local_rank())
         self.model = self.parts.model.to(self.device)
-        if cfg.model.head.init == "cca" and not resume:
+        if cfg.model.head.init == "cca" and not (resume and (self.run_dir / "last.pt").exists()):
             h = cfg.model.head
             init_heads_cca(
                 self.model, self.parts.data, self.parts.pairs, h.init_pca_dim, h.init_reg
@@ -216,19 +218,33 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         self.schedule = make_schedule(self.optimizer, cfg, steps_per_epoch * cfg.train.epochs)
         self.state = TrainState()
-        self._prepare_folder(resume)
+        # one writer per run folder: held from before the folder is checked until fit() ends
+        self._lock = contextlib.ExitStack()
+        if self.main:
+            self._lock.enter_context(hold_folder(self.run_dir, "train"))
+        try:
+            self._prepare_folder(resume)
+        except BaseException:
+            self._lock.close()
+            raise
         self.logger = MetricsLogger(
             self.run_dir, cfg.train.tensorboard and self.main, enabled=self.main
         )
-        if resume and self.main:
-            self.logger.truncate_after(self.state.step)
+        if self.main:  # a fresh start (or restart) drops records of a run killed before last.pt
+            self.logger.truncate_after(self.state.step if self.resumed else -1)
 
     def _prepare_folder(self, resume: bool) -> None:
         last = self.run_dir / "last.pt"
-        if resume:
+        self.resumed = resume and last.exists()
+        if resume and not last.exists() and (self.run_dir / "config.yaml").exists():
+            log.warning(
+                "%s: the run stopped before its first checkpoint; starting it again from the beginning",
+                self.run_dir,
+            )
+        elif resume:
             if not last.exists():
                 raise ConfigError(f"{self.run_dir}: nothing to resume (no last.pt)")
-            self._restore(load_checkpoint(last))
+            self._restore(load_checkpoint(last), last)
             _warn_if_config_changed(self.cfg, self.run_dir / "config.yaml")
         elif last.exists():
             raise ConfigError(
@@ -241,12 +257,18 @@ class Trainer:
         if self.parts.data.skipped.reasons:
             write_json_atomic(self.run_dir / "skipped_rows.json", self.parts.data.skipped.reasons)
 
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.state = TrainState(**ckpt["state"])
-        set_rng_state(ckpt["rng"])
+    def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        check_model_state(ckpt["model"], self.model.state_dict(), path)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.schedule.load_state_dict(ckpt["schedule"])
+            self.state = TrainState(**ckpt["state"])
+            set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise DataError(
+                f"{path}: cannot resume from this checkpoint ({str(err).splitlines()[0][:200]})"
+            ) from None
 
     def _checkpoint(self) -> dict[str, Any]:
         return {
@@ -260,16 +282,17 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to the end (or early stop), then evaluate ``eval.splits``; returns metrics.json."""
         cfg = self.cfg
-        if cfg.model.head.init != "random" and self.state.step == 0:
-            self._score_initial()
-        while (
-            self.state.epoch < cfg.train.epochs
-            and self.state.bad_epochs < cfg.train.early_stopping.patience
-        ):
-            self._train_epoch()
-            self._end_epoch()
-        self.logger.close()
-        return self.evaluate()
+        with self._lock:  # the run folder stays locked until its metrics.json is written
+            if cfg.model.head.init != "random" and self.state.step == 0:
+                self._score_initial()
+            while (
+                self.state.epoch < cfg.train.epochs
+                and self.state.bad_epochs < cfg.train.early_stopping.patience
+            ):
+                self._train_epoch()
+                self._end_epoch()
+            self.logger.close()
+            return self.evaluate()
 
     def _score_initial(self) -> None:
         """Score fitted initial heads on val as epoch 0: training must beat them to replace them."""
