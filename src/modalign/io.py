@@ -99,7 +99,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     Example:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.jsonl"
-        >>> _ = p.write_text('{"step": 1}\n{"step": 2}\n{"st')
+        >>> _ = p.write_text('{"step": 1}\\n{"step": 2}\\n{"st')
         >>> read_jsonl(p)
         [{'step': 1}, {'step': 2}]
     """
@@ -175,7 +175,9 @@ def hold_folder(path: str | os.PathLike[str], what: str) -> Iterator[Path]:
         ) from None
     try:
         if info.exists():
-            log.warning("%s: taking over a lock left by a process that died (%s)", folder, _holder(info))
+            log.warning(
+                "%s: taking over a lock left by a process that died (%s)", folder, _holder(info)
+            )
         write_json_atomic(
             info,
             {
@@ -196,8 +198,6 @@ def _holder(info: Path) -> str:
     """``what, pid N on HOST since TIME: COMMAND`` from a lock's side file."""
     try:
         h = json.loads(info.read_text(encoding="utf-8"))
-        return (
-            f"{h['what']}, pid {h['pid']} on {h['host']} since {h['started']}: {h['command']}"
-        )
+        return f"{h['what']}, pid {h['pid']} on {h['host']} since {h['started']}: {h['command']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "holder unknown"

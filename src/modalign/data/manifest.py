@@ -82,7 +82,7 @@ def read_table(path: Path) -> dict[str, list[str | None]]:
         if suffix in (".csv", ".tsv"):
             sep = "\t" if suffix == ".tsv" else ","
             _check_header(path, sep)
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+            return _read_delimited(path, sep)
         elif suffix in (".jsonl", ".ndjson"):
             return _read_jsonl_table(path)
         elif suffix in (".parquet", ".pq"):
@@ -91,7 +91,7 @@ def read_table(path: Path) -> dict[str, list[str | None]]:
             raise DataError(
                 f"{path}: unknown manifest type {suffix!r} (use .csv, .tsv, .jsonl or .parquet)"
             )
-    except (ValueError, OSError, pd.errors.ParserError) as err:  # pyarrow's errors are both
+    except (ValueError, OSError, csv.Error) as err:  # pyarrow's errors are ValueError/OSError
         why = " ".join(str(err).split())[:300]
         raise DataError(f"{path}: cannot parse manifest ({why})") from None
     return {str(name): [_as_text(v) for v in frame[name].tolist()] for name in frame.columns}
@@ -116,9 +116,30 @@ def _check_header(path: Path, sep: str) -> None:
                 "for that delimiter, or rewrite the file)"
             )
     seen = [n.strip() for n in names]
+    if "" in seen:
+        raise DataError(f"{path}: column {seen.index('') + 1} of the header has no name")
     dup = next((n for i, n in enumerate(seen) if n in seen[:i]), None)
     if dup is not None:
         raise DataError(f"{path}: column {dup!r} appears twice in the header")
+
+
+def _read_delimited(path: Path, sep: str) -> dict[str, list[str | None]]:
+    """A CSV/TSV table; a row with another number of fields than the header is an error."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=sep, strict=True)
+        header = [name.strip() for name in next(reader)]
+        columns: list[list[str | None]] = [[] for _ in header]
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # a blank line
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, but the header has "
+                    f"{len(header)} ({', '.join(header)})"
+                )
+            for column, cell in zip(columns, row, strict=True):
+                column.append(cell.strip() or None)
+    return dict(zip(header, columns, strict=True))
 
 
 def _read_jsonl_table(path: Path) -> dict[str, list[str | None]]:
