@@ -898,7 +898,7 @@ def cli_cases() -> list[Case]:
         ),
         _args_case(
             "train-into-finished-run",
-            lambda b, t: train(t, base=b)[:2] + ["--out", str(_evaluated_run(b, t))],
+            lambda b, t: [*train(t, base=b)[:2], "--out", str(_evaluated_run(b, t))],
             "already holds a run",
         ),
         _args_case(

@@ -29,7 +29,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     "unexpected pos").
     """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as err:  # torch's zip writer wraps the failed write; unwrap it
+            cause = _os_error(err)
+            if cause is None:
+                raise
+            raise cause from None
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The ``OSError`` behind ``err`` (through ``__cause__``/``__context__``), if any."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -31,7 +31,8 @@ class MetricsLogger:
         if not self.path.exists():
             return
         kept = [r for r in read_jsonl(self.path) if _step(r, self.path) <= step]
-        write_atomic(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept)))
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        write_atomic(self.path, lambda f: f.writelines([text]))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
