@@ -299,10 +299,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: config file not found")
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a config file")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({err})") from None
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
+            why = " ".join(str(err).split())
+            raise ConfigError(f"{path}: invalid YAML ({why})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         raw = loaded or {}

@@ -579,6 +579,11 @@ def _yaml_case(name: str, text: str, needle: str) -> Case:
     return Case("config", f"yaml-{name}", build, "error", needle)
 
 
+def _not_utf8(base: Base, tmp: Path) -> list[str]:
+    (tmp / "c.yaml").write_bytes(b"name: \xff\xfe\n")
+    return train(tmp, config=tmp / "c.yaml")
+
+
 def config_cases() -> list[Case]:
     cases = [_set_case(k, v, needle) for k, items in BAD_SETS.items() for v, needle in items]
     for name, sets in GOOD_SETS:
@@ -625,7 +630,13 @@ def config_cases() -> list[Case]:
             lambda b, t: train(t, config=t / "none.yaml"),
             needle="config file not found",
         ),
-        Case("config", "yaml-is-a-folder", lambda b, t: train(t, config=t), needle="config"),
+        Case(
+            "config",
+            "yaml-is-a-folder",
+            lambda b, t: train(t, config=t),
+            needle="is a folder, not a config file",
+        ),
+        Case("config", "yaml-not-utf8", _not_utf8, needle="invalid YAML"),
     ]
     return cases
 
@@ -862,6 +873,11 @@ def _compare_tampered(base: Base, tmp: Path) -> list[str]:
     return ["compare", str(base.run), str(run)]
 
 
+def _synth_under_file(base: Base, tmp: Path) -> list[str]:
+    (tmp / "file").write_text("x")
+    return ["synth", str(tmp / "file" / "data"), "--rows", "20"]
+
+
 def cli_cases() -> list[Case]:
     cases = [
         _args_case("eval-ks-zero", _eval_run("--ks", "0"), "--ks 0"),
@@ -945,6 +961,7 @@ def cli_cases() -> list[Case]:
             "nothing to embed",
         ),
         _args_case("eval-run-valid", _eval_run(), "", "same"),
+        _args_case("synth-under-a-file", _synth_under_file, "Not a directory"),
     ]
     return cases
 
@@ -967,12 +984,18 @@ def checkpoint_cases() -> list[Case]:
         (run / "best.pt").write_bytes(pickle.dumps({"model": Marker(str(tmp / "pwned"))}))
         return ["eval", str(run), "--bootstrap", "5", "--no-report"]
 
+    def crafted_last(base: Base, tmp: Path) -> list[str]:
+        run = _evaluated_run(base, tmp)
+        (run / "last.pt").write_bytes(pickle.dumps({"model": Marker(str(tmp / "pwned"))}))
+        return [*train(tmp, "train.epochs=2", base=base), "--resume"]
+
     def resume_other_model(base: Base, tmp: Path) -> list[str]:
         _evaluated_run(base, tmp)
         return [*train(tmp, "model.embed_dim=12", "train.epochs=2", base=base), "--resume"]
 
     cases = [
         Case("checkpoint", "best-pt-pickled-object", crafted, needle="refused"),
+        Case("checkpoint", "last-pt-pickled-object-resume", crafted_last, needle="refused"),
         Case("checkpoint", "resume-another-model", resume_other_model, needle="'heads.image"),
     ]
     for name in ("last.pt", "best.pt"):

@@ -70,9 +70,15 @@ def test_damaged_checkpoints_are_one_line_errors(tmp_path: Path, data: bytes) ->
 
 
 def test_a_checkpoint_for_another_model_names_the_parameter() -> None:
-    with pytest.raises(DataError, match=r"'heads.text.weight' has shape \(8, 4\) in the checkpoint but \(12, 4\)"):
-        check_model_state({"heads.text.weight": torch.zeros(8, 4)}, {"heads.text.weight": torch.zeros(12, 4)}, Path("last.pt"))
-    with pytest.raises(DataError, match="'heads.audio.weight' exists only in the model"):
+    with pytest.raises(
+        DataError, match=r"'heads.text.weight' has shape \(8, 4\) in the checkpoint but \(12, 4\)"
+    ):
+        check_model_state(
+            {"heads.text.weight": torch.zeros(8, 4)},
+            {"heads.text.weight": torch.zeros(12, 4)},
+            Path("last.pt"),
+        )
+    with pytest.raises(DataError, match=r"'heads\.audio\.weight' exists only in the model"):
         check_model_state({}, {"heads.audio.weight": torch.zeros(1)}, Path("last.pt"))
 
 
@@ -94,13 +100,23 @@ FULL_DISK = textwrap.dedent(
 )
 
 
-def test_a_full_disk_while_writing_is_one_line_and_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+def test_a_full_disk_while_writing_is_one_line_and_keeps_the_previous_checkpoint(
+    tmp_path: Path,
+) -> None:
     # a real failed write (the kernel refuses it past RLIMIT_FSIZE), not a mock
     path = tmp_path / "last.pt"
-    result = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
     message = result.stdout.strip()
-    assert message.startswith(f"{path}: the disk is full") and "previous file (if any) is intact" in message
+    assert (
+        message.startswith(f"{path}: the disk is full")
+        and "previous file (if any) is intact" in message
+    )
     assert "\n" not in message
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(4))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
@@ -110,5 +126,8 @@ def test_a_full_disk_reaches_the_user_as_one_line(tmp_path: Path) -> None:
     from modalign.cli import error_line
 
     err = OSError(28, "No space left on device", str(tmp_path / "x"))
-    assert error_line(err) == f"{tmp_path / 'x'}: No space left on device (the disk is full: free some space and run again)"
+    assert (
+        error_line(err)
+        == f"{tmp_path / 'x'}: No space left on device (the disk is full: free some space and run again)"
+    )
     assert json.dumps(error_line(DataError("a\nb"))) == '"a b"'
