@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from modalign.features.store import write_features
 
@@ -981,12 +981,12 @@ def checkpoint_cases() -> list[Case]:
 
     def crafted(base: Base, tmp: Path) -> list[str]:
         run = _evaluated_run(base, tmp)
-        (run / "best.pt").write_bytes(pickle.dumps({"model": Marker(str(tmp / "pwned"))}))
+        torch.save({"model": Marker(str(tmp / "pwned"))}, run / "best.pt")
         return ["eval", str(run), "--bootstrap", "5", "--no-report"]
 
     def crafted_last(base: Base, tmp: Path) -> list[str]:
         run = _evaluated_run(base, tmp)
-        (run / "last.pt").write_bytes(pickle.dumps({"model": Marker(str(tmp / "pwned"))}))
+        torch.save({"model": Marker(str(tmp / "pwned"))}, run / "last.pt")
         return [*train(tmp, "train.epochs=2", base=base), "--resume"]
 
     def resume_other_model(base: Base, tmp: Path) -> list[str]:

@@ -109,11 +109,15 @@ def _check_header(path: Path, sep: str) -> None:
         if found:
             other = max(found, key=lambda d: found[d])
             shown = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}
+            hint = (
+                f"name it {'.tsv' if other == chr(9) else '.csv'}"
+                if other in ",\t"
+                else (f"rewrite it {shown[sep]}-separated")
+            )
             raise DataError(
                 f"{path}: the header {header[:80]!r} has one column: the file looks "
                 f"{shown[other]}-separated, but a {path.suffix} manifest must be "
-                f"{shown[sep]}-separated (use {'.tsv' if other == chr(9) else '.csv'} "
-                "for that delimiter, or rewrite the file)"
+                f"{shown[sep]}-separated ({hint})"
             )
     seen = [n.strip() for n in names]
     if "" in seen:

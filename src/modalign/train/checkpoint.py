@@ -62,17 +62,31 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        if "Unsupported global" in str(err):
             raise DataError(
                 f"{path}: refused: the checkpoint holds pickled Python objects, not only tensors "
                 "(loading it could run code); was it written by modalign?"
             ) from None
-        raise DataError(f"{path}: not a checkpoint ({_first_line(err)})") from None
+        raise DataError(
+            f"{path}: damaged, or not a checkpoint written by torch.save ({_unpickler_reason(err)})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
-        raise DataError(f"{path}: unreadable or damaged checkpoint ({_first_line(err)})") from None
+        why = _first_line(err).split(". ")[0]
+        if isinstance(err, EOFError | KeyError):  # an empty file; bytes that are no pickle at all
+            why = "the file is empty" if isinstance(err, EOFError) else "not a torch file"
+        raise DataError(f"{path}: unreadable or damaged checkpoint ({why})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise DataError(f"{path}: not a modalign checkpoint (no 'model' weights)")
     return state
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """The line after "WeightsUnpickler error:" in torch's long message (or its first line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for i, line in enumerate(lines[:-1]):
+        if line.endswith("WeightsUnpickler error:"):
+            return lines[i + 1][:200]
+    return _first_line(err)
 
 
 def _first_line(err: BaseException) -> str:
