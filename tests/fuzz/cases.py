@@ -994,6 +994,12 @@ def checkpoint_cases() -> list[Case]:
         return [*train(tmp, "model.embed_dim=12", "train.epochs=2", base=base), "--resume"]
 
     cases = [
+        Case(
+            "checkpoint",
+            "run-config-damaged-resume",
+            damaged("config.yaml", lambda b: b"[: x"),
+            expect="same",
+        ),
         Case("checkpoint", "best-pt-pickled-object", crafted, needle="refused"),
         Case("checkpoint", "last-pt-pickled-object-resume", crafted_last, needle="refused"),
         Case("checkpoint", "resume-another-model", resume_other_model, needle="'heads.image"),

@@ -118,7 +118,11 @@ def _warn_if_config_changed(cfg: Config, saved: Path) -> None:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    before, now = flat(yaml.safe_load(saved.read_text()) or {}), flat(to_dict(cfg))
+    try:
+        before, now = flat(yaml.safe_load(saved.read_text()) or {}), flat(to_dict(cfg))
+    except (yaml.YAMLError, OSError, ValueError, AttributeError):
+        log.warning("%s: unreadable; cannot tell whether the config changed", saved)
+        return
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:
         log.warning(
