@@ -108,10 +108,10 @@ class DataConfig:
                 "a finite fraction >= 0",
             )
         _require(
-            fr.get("train", 0) > 0,
+            sum(fr.values()) > 0,
             "data.split_fractions",
             fr,
-            "a mapping with a positive train fraction",
+            "a mapping with at least one positive fraction",
         )
         _require(self.min_rows >= 1, "data.min_rows", self.min_rows, ">= 1")
 

@@ -285,18 +285,21 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train to the end (or early stop), then evaluate ``eval.splits``; returns metrics.json."""
-        cfg = self.cfg
         with self._lock:  # the run folder stays locked until its metrics.json is written
-            if cfg.model.head.init != "random" and self.state.step == 0:
-                self._score_initial()
-            while (
-                self.state.epoch < cfg.train.epochs
-                and self.state.bad_epochs < cfg.train.early_stopping.patience
-            ):
-                self._train_epoch()
-                self._end_epoch()
-            self.logger.close()
-            return self.evaluate()
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
+        cfg = self.cfg
+        if cfg.model.head.init != "random" and self.state.step == 0:
+            self._score_initial()
+        while (
+            self.state.epoch < cfg.train.epochs
+            and self.state.bad_epochs < cfg.train.early_stopping.patience
+        ):
+            self._train_epoch()
+            self._end_epoch()
+        self.logger.close()
+        return self.evaluate()
 
     def _score_initial(self) -> None:
         """Score fitted initial heads on val as epoch 0: training must beat them to replace them."""
