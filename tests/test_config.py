@@ -33,9 +33,9 @@ def test_defaults_and_overrides_are_typed() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.epochs=three", "'train.epochs': 'three' is not a valid int"),
-        ("train.tensorboard=maybe", "is not a valid bool"),
-        ("model.head.kind=conv", "is not a valid"),
+        ("train.epochs=three", "'train.epochs': 'three' is not an integer"),
+        ("train.tensorboard=maybe", "is not a boolean"),
+        ("model.head.kind=conv", "is not one of linear, mlp"),
         (
             "trian.epochs=1",
             "unknown key 'trian.epochs'; valid keys in 'the config': data, eval, loss, model, name, train",

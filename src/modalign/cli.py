@@ -12,9 +12,11 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from modalign import __version__
 from modalign.errors import ModalignError
+from modalign.io import DISK_FULL
 
 COMMAND_MODULES = [
     "modalign.commands.train",
@@ -28,9 +30,16 @@ COMMAND_MODULES = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="modalign",
         description="Train and measure one embedding space shared by several modalities.",
     )
@@ -57,14 +66,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except ModalignError as err:
+    except (ModalignError, OSError) as err:  # OSError: the last line of defence (see below)
         if args.verbose:
             raise
-        print(f"modalign {args.command}: error: {err}", file=sys.stderr)
+        print(f"modalign {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"modalign {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def error_line(err: BaseException) -> str:
+    """One line for a user's mistake or an environment failure (``-v`` shows the traceback).
+
+    Readers turn their own failures into a ``DataError`` naming the file; an ``OSError`` that got
+    past them (a full disk, a permission, a folder where a file was expected) still gets one line,
+    with its file name, and a full disk says so.
+
+    Example:
+        >>> import errno
+        >>> error_line(OSError(errno.ENOSPC, "No space left on device", "runs/x/last.pt"))
+        'runs/x/last.pt: No space left on device (the disk is full: free some space and run again)'
+    """
+    if isinstance(err, OSError) and not isinstance(err, ModalignError):
+        where = f"{err.filename}: " if err.filename else ""
+        text = f"{where}{err.strerror or err}"
+        if err.errno in DISK_FULL:
+            text += " (the disk is full: free some space and run again)"
+        return text
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ from modalign.errors import ConfigError
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key} = {value!r}: must be {rule}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,18 @@ class HeadConfig:
     init_pca_dim: int | None = None  # PCA width before the CCA (None: full rank)
     init_reg: float = 0.1  # covariance shrinkage of the CCA, relative to the mean eigenvalue
 
+    def __post_init__(self) -> None:
+        _require(self.hidden_dim >= 1, "model.head.hidden_dim", self.hidden_dim, ">= 1")
+        _require(0 <= self.dropout < 1, "model.head.dropout", self.dropout, "in [0, 1)")
+        _require(
+            _finite(self.init_reg) and self.init_reg >= 0,
+            "model.head.init_reg",
+            self.init_reg,
+            ">= 0",
+        )
+        d = self.init_pca_dim
+        _require(d is None or d >= 1, "model.head.init_pca_dim", d, ">= 1 or null")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -75,6 +92,29 @@ class DataConfig:
     skip_bad_rows: bool = False
     min_rows: int = 8
 
+    def __post_init__(self) -> None:
+        fr = self.split_fractions
+        for name, value in fr.items():
+            _require(
+                name in ("train", "val", "test"),
+                f"data.split_fractions.{name}",
+                value,
+                "a fraction of train, val or test (unknown split name)",
+            )
+            _require(
+                _finite(value) and value >= 0,
+                f"data.split_fractions.{name}",
+                value,
+                "a finite fraction >= 0",
+            )
+        _require(
+            sum(fr.values()) > 0,
+            "data.split_fractions",
+            fr,
+            "a mapping with at least one positive fraction",
+        )
+        _require(self.min_rows >= 1, "data.min_rows", self.min_rows, ">= 1")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -91,6 +131,7 @@ class ModelConfig:
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _require(self.embed_dim >= 1, "model.embed_dim", self.embed_dim, ">= 1")
         for modality in self.heads:
             self.head_for(modality)  # type-check every override at load time
 
@@ -143,9 +184,18 @@ class LossConfig:
             self.tile_size,
             "a positive integer or null",
         )
-        _require(self.max_scale > 0, "loss.max_scale", self.max_scale, "positive")
+        _require(
+            _finite(self.max_scale) and self.max_scale > 0,
+            "loss.max_scale",
+            self.max_scale,
+            "positive and finite",
+        )
         t = self.init_temperature
-        _require(t is None or t > 0, "loss.init_temperature", t, "positive")
+        _require(
+            t is None or (_finite(t) and t > 0), "loss.init_temperature", t, "positive and finite"
+        )
+        b = self.init_bias
+        _require(b is None or _finite(b), "loss.init_bias", b, "finite or null")
 
 
 @dataclass(frozen=True)
@@ -195,7 +245,17 @@ class TrainConfig:
             self.chunk_size,
             ">= 1 or null",
         )
-        _require(self.lr > 0, "train.lr", self.lr, "positive")
+        _require(_finite(self.lr) and self.lr > 0, "train.lr", self.lr, "positive and finite")
+        wd = self.weight_decay
+        _require(_finite(wd) and wd >= 0, "train.weight_decay", wd, ">= 0 and finite")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
+        clip = self.grad_clip
+        _require(
+            clip is None or (clip > 0 and not math.isnan(clip)),
+            "train.grad_clip",
+            clip,
+            "positive (the largest gradient norm) or null for no clipping",
+        )
         _require(self.num_workers >= 0, "train.num_workers", self.num_workers, ">= 0")
         _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         _require(
@@ -226,12 +286,25 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _require(
-            bool(self.ks) and min(self.ks) >= 1,
+            bool(self.ks) and all(type(k) is int and k >= 1 for k in self.ks),
             "eval.ks",
             list(self.ks),
             "a non-empty list of integers >= 1",
         )
         _require(self.chunk_size >= 1, "eval.chunk_size", self.chunk_size, ">= 1")
+        for split in self.splits:
+            _require(
+                split in ("train", "val", "test"),
+                "eval.splits",
+                list(self.splits),
+                "a list of train, val, test",
+            )
+        _require(
+            bool(self.splits),
+            "eval.splits",
+            list(self.splits),
+            "a non-empty list of train, val, test",
+        )
 
 
 @dataclass(frozen=True)
@@ -258,10 +331,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: config file not found")
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a config file")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({err})") from None
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
+            why = " ".join(str(err).split())
+            raise ConfigError(f"{path}: invalid YAML ({why})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         raw = loaded or {}
@@ -297,8 +373,55 @@ def from_dict(raw: dict[str, Any], origin: str = "config") -> Config:
             raw,
             config=dacite.Config(strict=True, cast=[tuple], type_hooks={float: _to_float}),
         )
+    except dacite.WrongTypeError as err:
+        value = _raw_value(raw, err.field_path or "", err.value)
+        raise ConfigError(
+            f"{origin}: {err.field_path} = {value!r}: must be {_type_text(err.field_type)}"
+        ) from None
     except dacite.DaciteError as err:
         raise ConfigError(f"{origin}: {err}") from None
+
+
+def _raw_value(raw: dict[str, Any], dotted: str, default: Any) -> Any:
+    """The value the user wrote at ``dotted`` (dacite reports it after casting)."""
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _type_text(tp: Any, plural: bool = False) -> str:
+    """A type as a person would say it: ``tuple[int, ...]`` -> ``a list of integers``.
+
+    Example:
+        >>> _type_text(tuple[int, ...]), _type_text(dict[str, str]), _type_text(float | None)
+        ('a list of integers', 'a mapping of names to strings', 'a number or null')
+    """
+    base = _strip_optional(tp)
+    if base is not tp:
+        return f"{_type_text(base, plural)} or null"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    simple = {int: "integer", float: "number", str: "string", bool: "boolean"}
+    if tp in simple:
+        return (
+            simple[tp] + "s" if plural else f"an {simple[tp]}" if tp is int else f"a {simple[tp]}"
+        )
+    if origin is tuple:
+        inner = (
+            _type_text(args[0], plural=True)
+            if len(args) == 2 and args[1] is Ellipsis
+            else f"{len(args)} values"
+        )
+        return f"lists of {inner}" if plural else f"a list of {inner}"
+    if origin is dict:
+        return f"a mapping of names to {_type_text(args[1], plural=True)}"
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if dataclasses.is_dataclass(tp):
+        return "sections (mappings of keys)" if plural else "a section (a mapping of keys)"
+    return "values" if plural else "a value"
 
 
 def _to_float(value: Any) -> Any:
@@ -413,14 +536,12 @@ def _parse_value(text: str, tp: Any, key: str) -> Any:
             return text
         return yaml.safe_load(text)  # lists, mappings, Any: YAML syntax, checked by dacite
     except (ValueError, yaml.YAMLError):
-        raise ConfigError(f"override {key!r}: {text!r} is not a valid {_type_name(tp)}") from None
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        raise ConfigError(f"override {key!r}: {text!r} is not {_type_text(tp)}") from None
 
 
 def _check_keys(raw: Any, tp: Any, where: str) -> None:
+    if raw is not None and typing.get_origin(_strip_optional(tp)) is tuple:
+        _check_list(raw, _strip_optional(tp), tp, where)
     tp = _strip_optional(tp)
     if not isinstance(raw, dict):
         return
@@ -437,3 +558,16 @@ def _check_keys(raw: Any, tp: Any, where: str) -> None:
     elif typing.get_origin(tp) is dict:
         for key, value in raw.items():
             _check_keys(value, typing.get_args(tp)[1], f"{where}.{key}")
+
+
+def _check_list(raw: Any, tp: Any, declared: Any, where: str) -> None:
+    """A list field holds a list (of lists, for nested tuples): dacite would ``tuple()`` anything."""
+    args = typing.get_args(tp)
+    inner = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+    ok = isinstance(raw, list | tuple) and (
+        inner is None
+        or typing.get_origin(inner) is not tuple
+        or all(isinstance(v, list | tuple) for v in raw)
+    )
+    if not ok:
+        raise ConfigError(f"{where} = {raw!r}: must be {_type_text(declared)}")

@@ -134,7 +134,7 @@ def test_usage_errors(tmp_path, capsys):
     assert main(args) == 1
     assert "2 class names" in capsys.readouterr().err
     assert main(["compare", str(tmp_path), str(tmp_path)]) == 1
-    assert "per_query.npz: not found" in capsys.readouterr().err
+    assert "has no finished evaluation" in capsys.readouterr().err
 
 
 def test_eval_a_trained_run_folder(tmp_path, capsys):

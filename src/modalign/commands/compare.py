@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from modalign.errors import DataError
+from modalign.errors import ConfigError, DataError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,10 +35,11 @@ def add_parser(subparsers: Any) -> None:
 def compare_runs(a: Path, b: Path, metrics: list[str], n_boot: int) -> dict[str, dict[str, float]]:
     """Paired-bootstrap comparison: flat metric key -> stats (see ``paired_bootstrap``)."""
     from modalign.eval.bootstrap import paired_bootstrap
-    from modalign.eval.files import load_per_query
+    from modalign.eval.files import check_evaluation, load_per_query
     from modalign.types import MetricKey
 
-    qa, qb = load_per_query(a / "per_query.npz"), load_per_query(b / "per_query.npz")
+    qa = load_per_query(check_evaluation(a, "per_query.npz"))
+    qb = load_per_query(check_evaluation(b, "per_query.npz"))
     out: dict[str, dict[str, float]] = {}
     for split, direction in sorted(qa.keys() & qb.keys(), key=lambda k: (k[0], str(k[1]))):
         (ids_a, va), (ids_b, vb) = qa[split, direction], qb[split, direction]
@@ -56,6 +57,9 @@ def compare_runs(a: Path, b: Path, metrics: list[str], n_boot: int) -> dict[str,
 
 def run(args: argparse.Namespace) -> int:
     from modalign.io import write_json_atomic
+
+    if args.bootstrap < 1:
+        raise ConfigError(f"--bootstrap {args.bootstrap}: must be >= 1")
 
     result = compare_runs(args.run_a, args.run_b, args.metrics, args.bootstrap)
     print(f"{'metric':<42} {'A':>8} {'B':>8} {'B-A':>8}   95% interval        p")

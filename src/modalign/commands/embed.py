@@ -52,6 +52,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--cache-dir", help="cache folder (default OUT_DIR/cache)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
+        "--shard-size",
+        type=int,
+        default=256,
+        help="items per cache shard: at most this much work is lost to a kill",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -110,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
     from modalign.encoders import ENCODERS, build_encoder
     from modalign.features.extract import embed_manifest
 
+    for flag, value in (("--batch-size", args.batch_size), ("--shard-size", args.shard_size)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: must be >= 1")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers {args.workers}: must be >= 0")
     manifest_path, specs, outputs = _plan(args)
     wanted = {
         m: s
@@ -130,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir or Path(args.out_dir) / "cache",
         batch_size=args.batch_size,
         num_workers=args.workers,
+        shard_size=args.shard_size,
         progress=not args.no_progress,
         skip_unreadable=args.skip_unreadable,
     )

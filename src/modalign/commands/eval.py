@@ -3,8 +3,9 @@
 Writes ``metrics.json`` (flat :class:`~modalign.types.MetricKey` keys such as
 ``test/image_to_text/recall@1``, ``...~centered`` after mean centring), ``intervals.json`` (95% bootstrap
 intervals of the retrieval metrics), ``per_query.npz`` (for ``modalign compare``) and a
-self-contained ``report.html``. A run folder gets them in place (metrics merged into its
-``metrics.json``); an embeddings file is evaluated as split ``all``.
+self-contained ``report.html``, then ``eval_complete.json`` last (the outputs are one unit: see
+``modalign.eval.files``). A run folder gets them in place (metrics merged into its
+``metrics.json``), under the folder's lock; an embeddings file is evaluated as split ``all``.
 """
 
 from __future__ import annotations
@@ -69,18 +70,26 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from modalign.eval.suite import evaluate_split
+    from modalign.io import hold_folder
     from modalign.types import headline_keys
 
-    if (args.run_dir is None) == (args.embeddings is None):
-        raise ConfigError("give either a run folder or --embeddings FILE.npz (with --out DIR)")
-    sets, classes, out = _load_inputs(args)
-    evaluations = [
-        evaluate_split(
-            emb, split, tuple(args.ks), classes, args.bootstrap, not args.no_center, args.chunk_size
-        )
-        for split, emb in sets.items()
-    ]
-    _write_outputs(out, evaluations, merge=args.embeddings is None, report=not args.no_report)
+    _check_args(args)
+    out = args.out or args.run_dir
+    with hold_folder(out, "eval"):  # not while a train (or another eval) writes the folder
+        sets, classes, out = _load_inputs(args)
+        evaluations = [
+            evaluate_split(
+                emb,
+                split,
+                tuple(args.ks),
+                classes,
+                args.bootstrap,
+                not args.no_center,
+                args.chunk_size,
+            )
+            for split, emb in sets.items()
+        ]
+        _write_outputs(out, evaluations, merge=args.embeddings is None, report=not args.no_report)
     headline = {
         k.flatten(): round(ev.metrics[k], 4)
         for ev in evaluations
@@ -90,12 +99,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Options a person can get wrong, refused before any work (one line each)."""
+    from modalign.data.manifest import SPLITS
+
+    if (args.run_dir is None) == (args.embeddings is None):
+        raise ConfigError("give either a run folder or --embeddings FILE.npz (with --out DIR)")
+    if args.embeddings is not None and args.out is None:
+        raise ConfigError("--embeddings needs --out DIR for the results")
+    if args.run_dir is not None and not (args.run_dir / "config.yaml").is_file():
+        raise DataError(f"{args.run_dir}: not a run folder (no config.yaml)")
+    bad_k = [k for k in args.ks if k < 1]
+    if bad_k:
+        raise ConfigError(f"--ks {bad_k[0]}: retrieval cut-offs must be >= 1")
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap {args.bootstrap}: must be >= 0 (0: no intervals)")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ConfigError(f"--chunk-size {args.chunk_size}: must be >= 1")
+    for split in args.splits or []:
+        if split not in SPLITS:
+            raise ConfigError(f"--splits {split!r}: not a split (one of {', '.join(SPLITS)})")
+    if args.class_names is not None and not args.class_names.is_file():
+        raise DataError(f"{args.class_names}: class names file not found")
+
+
 def _load_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Path]:
     from modalign.eval.files import load_embeddings_npz
 
     if args.embeddings is not None:
-        if args.out is None:
-            raise ConfigError("--embeddings needs --out DIR for the results")
         emb, protos = load_embeddings_npz(args.embeddings)
         return (
             {"all": emb},
@@ -167,7 +198,11 @@ def _class_spec(names_file: Path | None, protos: Any, labels: Any, source: Path)
     n = protos.shape[-2]
     names = [f"class {i}" for i in range(n)]
     if names_file is not None:
-        names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        try:
+            text = names_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"{names_file}: cannot read the class names ({err})") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         if len(names) != n:
             raise DataError(
                 f"{names_file}: {len(names)} class names, but 'classes' in {source} has {n} classes"
@@ -178,7 +213,7 @@ def _class_spec(names_file: Path | None, protos: Any, labels: Any, source: Path)
 
 
 def _write_outputs(out: Path, evaluations: list[Any], merge: bool, report: bool) -> None:
-    from modalign.eval.files import save_per_query
+    from modalign.eval.files import begin_evaluation, finish_evaluation, save_per_query
     from modalign.io import write_json_atomic
     from modalign.report import (
         baseline_section,
@@ -189,7 +224,8 @@ def _write_outputs(out: Path, evaluations: list[Any], merge: bool, report: bool)
 
     metrics: dict[str, float] = {}
     if merge and (out / "metrics.json").is_file():
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = _read_metrics(out / "metrics.json")
+    begin_evaluation(out)
     for ev in evaluations:
         metrics.update({k.flatten(): v for k, v in ev.metrics.items()})
     write_json_atomic(out / "metrics.json", metrics)
@@ -218,4 +254,15 @@ def _write_outputs(out: Path, evaluations: list[Any], merge: bool, report: bool)
             sections,
             subtitle=", ".join(ev.split for ev in evaluations),
         )
+    finish_evaluation(out)
     log.info("wrote %s", out)
+
+
+def _read_metrics(path: Path) -> dict[str, float]:
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read the run's metrics ({err})") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: expected a JSON object of metrics")
+    return metrics

@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,31 +88,116 @@ class Manifest:
 
 
 def read_table(path: Path) -> dict[str, list[str | None]]:
-    """Read a CSV, JSONL or Parquet table as columns of stripped strings (empty cells -> None)."""
+    """Read a CSV, TSV, JSONL or Parquet table as columns of stripped strings (empty cells -> None).
+
+    Raises:
+        DataError: naming the file (and line or column) when it cannot be read as a manifest.
+    """
     if not path.exists():
         raise DataError(f"{path}: manifest not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a manifest file")
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(
-                path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ","
-            )
+            sep = "\t" if suffix == ".tsv" else ","
+            _check_header(path, sep)
+            return _read_delimited(path, sep)
         elif suffix in (".jsonl", ".ndjson"):
-            frame = pd.read_json(path, lines=True, dtype=False)
+            return _read_jsonl_table(path)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
             raise DataError(
                 f"{path}: unknown manifest type {suffix!r} (use .csv, .tsv, .jsonl or .parquet)"
             )
-    except (ValueError, pd.errors.ParserError) as err:
-        raise DataError(f"{path}: cannot parse manifest ({err})") from None
+    except (ValueError, OSError, csv.Error) as err:  # pyarrow's errors are ValueError/OSError
+        why = " ".join(str(err).split())[:300]
+        raise DataError(f"{path}: cannot parse manifest ({why})") from None
     return {str(name): [_as_text(v) for v in frame[name].tolist()] for name in frame.columns}
+
+
+def _check_header(path: Path, sep: str) -> None:
+    """Catch a manifest written with another delimiter, and duplicate column names, at the header."""
+    with open(path, encoding="utf-8", newline="") as f:
+        header = f.readline().rstrip("\r\n")
+    if not header.strip():
+        raise DataError(f"{path}: the first line (the header) is empty")
+    names = next(csv.reader([header], delimiter=sep))
+    if len(names) == 1:
+        found = {d: header.count(d) for d in (",", ";", "\t", "|") if d != sep and d in header}
+        if found:
+            other = max(found, key=lambda d: found[d])
+            shown = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}
+            hint = (
+                f"name it {'.tsv' if other == chr(9) else '.csv'}"
+                if other in ",\t"
+                else (f"rewrite it {shown[sep]}-separated")
+            )
+            raise DataError(
+                f"{path}: the header {header[:80]!r} has one column: the file looks "
+                f"{shown[other]}-separated, but a {path.suffix} manifest must be "
+                f"{shown[sep]}-separated ({hint})"
+            )
+    seen = [n.strip() for n in names]
+    if "" in seen:
+        raise DataError(f"{path}: column {seen.index('') + 1} of the header has no name")
+    dup = next((n for i, n in enumerate(seen) if n in seen[:i]), None)
+    if dup is not None:
+        raise DataError(f"{path}: column {dup!r} appears twice in the header")
+
+
+def _read_delimited(path: Path, sep: str) -> dict[str, list[str | None]]:
+    """A CSV/TSV table; a row with another number of fields than the header is an error."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=sep, strict=True)
+        header = [name.strip() for name in next(reader)]
+        columns: list[list[str | None]] = [[] for _ in header]
+        for row in reader:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # a blank line
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, but the header has "
+                    f"{len(header)} ({', '.join(header)})"
+                )
+            for column, cell in zip(columns, row, strict=True):
+                column.append(cell.strip() or None)
+    return dict(zip(header, columns, strict=True))
+
+
+def _read_jsonl_table(path: Path) -> dict[str, list[str | None]]:
+    """One JSON object per line; every line names its fields (a missing field is an empty cell)."""
+    rows: list[dict[str, object]] = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as err:
+                why = getattr(err, "msg", "too deeply nested")
+                raise DataError(f"{path}, line {number}: not valid JSON ({why})") from None
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"{path}, line {number}: expected a JSON object (one row), got {type(row).__name__}"
+                )
+            for key, value in row.items():
+                if isinstance(value, dict | list):
+                    raise DataError(
+                        f"{path}, line {number}: field {key!r} holds a {type(value).__name__}; "
+                        "cells must be text, numbers or null"
+                    )
+            rows.append(row)
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return {name: [_as_text(row.get(name)) for row in rows] for name in names}
 
 
 def _as_text(value: object) -> str | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
+    if isinstance(value, bool):  # JSON true/false: as written, not "True"
+        return str(value).lower()
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     out = str(value).strip()

@@ -14,6 +14,11 @@ Rows are L2-normalised on load. A modality name must fit in a metric key (see
 ``test/image_to_text/ids``) and of each per-query metric (float per query, e.g.
 ``test/image_to_text/recall@1``), which ``modalign compare`` pairs up by id.
 
+**eval_complete.json.** ``modalign eval`` writes its outputs (metrics.json, intervals.json,
+per_query.npz, report.html) as one unit: it deletes this marker first and writes it last, with the
+SHA-256 of every output. Readers (``modalign compare``) call :func:`check_evaluation`, so outputs
+of an interrupted evaluation, or files mixed from two, are refused instead of read.
+
 Example:
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "e.npz"
@@ -26,6 +31,8 @@ Example:
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +52,7 @@ def load_embeddings_npz(path: str | os.PathLike[str]) -> tuple[EmbeddingSet, np.
         DataError: naming the file, array and row of any problem.
     """
     path = Path(path)
-    try:
-        data = dict(np.load(path, allow_pickle=False))
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read as .npz: {err}") from None
+    data = _read_npz(path)
     mods = {k: v for k, v in data.items() if k not in RESERVED}
     if not mods:
         raise DataError(
@@ -61,9 +65,7 @@ def load_embeddings_npz(path: str | os.PathLike[str]) -> tuple[EmbeddingSet, np.
             f"{path}: one modality ({', '.join(mods)}) and no 'label' array: nothing to measure "
             "(retrieval needs two modalities; zero-shot and probes need labels)"
         )
-    ids = [str(i) for i in data["id"]] if "id" in data else [str(i) for i in range(n)]
-    if len(ids) != n:
-        raise DataError(f"{path}: array 'id' has {len(ids)} entries, expected {n}")
+    ids = _ids(path, data, n)
     emb = EmbeddingSet(
         {k: _normalise(path, k, v) for k, v in mods.items()},
         ids,
@@ -71,6 +73,40 @@ def load_embeddings_npz(path: str | os.PathLike[str]) -> tuple[EmbeddingSet, np.
         extra.get("label"),
     )
     return emb, _prototypes(path, data, mods)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, read whole; any failure is one ``DataError`` naming the file."""
+    if not path.is_file():
+        what = "is a folder, not an .npz file" if path.is_dir() else "not found"
+        raise DataError(f"{path}: {what}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+        with npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        why = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if "allow_pickle" in why:
+            why = "it holds object arrays (pickled Python objects), which are not read"
+        raise DataError(f"{path}: cannot read as .npz ({why})") from None
+
+
+def _ids(path: Path, data: dict[str, np.ndarray], n: int) -> list[str]:
+    if "id" not in data:
+        return [str(i) for i in range(n)]
+    ids = [str(i) for i in np.asarray(data["id"]).reshape(-1)]
+    if data["id"].ndim != 1 or len(ids) != n:
+        raise DataError(f"{path}: array 'id' has shape {data['id'].shape}, expected ({n},)")
+    seen: dict[str, int] = {}
+    for i, key in enumerate(ids):
+        if key in seen:
+            raise DataError(
+                f"{path}: array 'id' row {i}: duplicate id {key!r} (first at row {seen[key]})"
+            )
+        seen[key] = i
+    return ids
 
 
 def _check_modalities(path: Path, mods: dict[str, np.ndarray]) -> int:
@@ -88,6 +124,8 @@ def _check_modalities(path: Path, mods: dict[str, np.ndarray]) -> int:
             )
         if n is not None and v.shape[0] != n:
             raise DataError(f"{path}: array {k!r} has {v.shape[0]} rows but others have {n}")
+        if v.shape[0] == 0 or v.shape[1] == 0:
+            raise DataError(f"{path}: array {k!r} has shape {v.shape}: no rows or no columns")
         n = v.shape[0]
     assert n is not None
     return n
@@ -99,12 +137,20 @@ def _int_array(path: Path, data: dict[str, np.ndarray], key: str, n: int) -> np.
         raise DataError(
             f"{path}: array {key!r} must be an integer ({n},) array, got {v.dtype} {v.shape}"
         )
+    if key == "label" and (v < -1).any():
+        row = int(np.flatnonzero(v < -1)[0])
+        raise DataError(
+            f"{path}: array 'label' row {row} is {int(v[row])}: labels are class indices >= 0 "
+            "(-1 marks an unlabelled item)"
+        )
     return v.astype(np.int64)
 
 
 def _normalise(path: Path, key: str, v: np.ndarray) -> np.ndarray:
     v = v.astype(np.float32)
     missing = np.isnan(v).all(axis=1)
+    if missing.all():
+        raise DataError(f"{path}: array {key!r} is all NaN: every item misses this modality")
     bad = ~missing & ~np.isfinite(v).all(axis=1)
     if bad.any():
         raise DataError(
@@ -124,6 +170,8 @@ def _prototypes(
 ) -> np.ndarray | None:
     if "classes" not in data:
         return None
+    if not np.issubdtype(data["classes"].dtype, np.floating):
+        raise DataError(f"{path}: array 'classes' must be floats, got {data['classes'].dtype}")
     c = data["classes"].astype(np.float32)
     dims = {v.shape[1] for v in mods.values()}
     if c.ndim not in (2, 3) or c.shape[-1] not in dims or not np.isfinite(c).all():
@@ -174,15 +222,79 @@ def load_per_query(
     if not path.is_file():
         raise DataError(f"{path}: not found (run `modalign eval` on it first)")
     out: dict[PerQueryKey, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
-    with np.load(path, allow_pickle=False) as data:
-        for name in data.files:
-            key = MetricKey.try_parse(name)
-            if key is None or not isinstance(key.subject, Direction) or key.variant is not None:
-                raise DataError(f"{path}: array {name!r} is not split/query_to_gallery/metric")
-            head = (key.split, key.subject)
-            _, values = out.setdefault(head, (np.array([]), {}))
-            if key.metric == "ids":
-                out[head] = (data[name], values)
-            else:
-                values[key.metric] = data[name]
+    for name, value in _read_npz(path).items():
+        key = MetricKey.try_parse(name)
+        if key is None or not isinstance(key.subject, Direction) or key.variant is not None:
+            raise DataError(f"{path}: array {name!r} is not a per-query result of `modalign eval`")
+        head = (key.split, key.subject)
+        _, values = out.setdefault(head, (np.array([]), {}))
+        if key.metric == "ids":
+            out[head] = (value, values)
+        else:
+            values[key.metric] = value
     return out
+
+
+EVAL_MARKER = "eval_complete.json"
+EVAL_OUTPUTS = ("metrics.json", "intervals.json", "per_query.npz", "report.html")
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def begin_evaluation(folder: Path) -> None:
+    """Drop the completion marker and the outputs a new evaluation replaces (not metrics.json,
+    which it merges into): until ``finish_evaluation``, the folder holds no complete-looking one."""
+    (folder / EVAL_MARKER).unlink(missing_ok=True)
+    for name in EVAL_OUTPUTS[1:]:
+        (folder / name).unlink(missing_ok=True)
+
+
+def finish_evaluation(folder: Path) -> None:
+    """Write the marker last: the names and digests of the outputs that are there now."""
+    from modalign.io import write_json_atomic
+
+    files = {n: file_digest(folder / n) for n in EVAL_OUTPUTS if (folder / n).is_file()}
+    write_json_atomic(folder / EVAL_MARKER, {"files": files})
+
+
+def check_evaluation(folder: Path, name: str) -> Path:
+    """``folder/name`` if a finished ``modalign eval`` wrote it; a ``DataError`` otherwise.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "per_query.npz").write_bytes(b"x")
+        >>> check_evaluation(d, "per_query.npz")
+        Traceback (most recent call last):
+        ...
+        modalign.errors.DataError: ... has no finished evaluation (no eval_complete.json: ...
+    """
+    import json
+
+    marker = folder / EVAL_MARKER
+    if not marker.is_file():
+        raise DataError(
+            f"{folder}: has no finished evaluation (no {EVAL_MARKER}: `modalign eval` was "
+            "interrupted or never run); run `modalign eval` on it again"
+        )
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        expected = files[name]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{marker}: lists no {name}; run `modalign eval` again") from None
+    path = folder / name
+    if not path.is_file() or file_digest(path) != expected:
+        raise DataError(
+            f"{path}: does not match the evaluation recorded in {EVAL_MARKER} (changed or "
+            "replaced since); run `modalign eval` again"
+        )
+    return path

@@ -11,6 +11,8 @@ import hashlib
 import logging
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,6 +50,9 @@ class FeatureCache:
                 OSError,
                 ValueError,
                 KeyError,
+                EOFError,
+                zipfile.BadZipFile,
+                zlib.error,
             ) as err:  # only a foreign or damaged file gets here
                 log.warning("%s: ignoring unreadable cache shard (%s)", shard, err)
         return rows

@@ -45,6 +45,7 @@ from modalign.encoders.common import ItemSkipped
 from modalign.errors import ConfigError, DataError
 from modalign.features.cache import FeatureCache, digest
 from modalign.features.store import write_features
+from modalign.io import hold_folder
 
 log = logging.getLogger(__name__)
 
@@ -238,20 +239,22 @@ def embed_manifest(
         start = time.perf_counter()
         cells = list(dict.fromkeys(c for c in manifest.cells[modality] if c is not None))
         key = encoder.cache_key()
-        cache = FeatureCache(root / modality / digest(key)[:16], key)
-        ids, array, n_cached, skipped = embed_cells(
-            cells,
-            encoder,
-            cache,
-            manifest.resolve,
-            batch_size,
-            num_workers,
-            shard_size,
-            progress,
-            skip_unreadable,
-        )
-        path = Path(out[modality])
-        write_features(path, ids, array, encoder=key)
+        folder = root / modality / digest(key)[:16]
+        with hold_folder(folder, f"embed {modality}"):  # one writer per cache folder
+            cache = FeatureCache(folder, key)
+            ids, array, n_cached, skipped = embed_cells(
+                cells,
+                encoder,
+                cache,
+                manifest.resolve,
+                batch_size,
+                num_workers,
+                shard_size,
+                progress,
+                skip_unreadable,
+            )
+            path = Path(out[modality])
+            write_features(path, ids, array, encoder=key)
         if skipped:
             log.warning("%s: skipped %d item(s): %s", modality, sum(skipped.values()), skipped)
         results[modality] = EmbedResult(

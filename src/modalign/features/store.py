@@ -59,6 +59,12 @@ class FeatureStore:
             raise DataError(
                 f"{path}: features have shape {array.shape} but there are {len(ids)} ids"
             )
+        if array.shape[1] == 0:
+            raise DataError(f"{path}: features have shape {array.shape}: no feature columns")
+        if not np.issubdtype(array.dtype, np.floating):
+            raise DataError(
+                f"{path}: features must be floats (float16, float32 or float64), got {array.dtype}"
+            )
 
     @classmethod
     def open(cls, path: str | Path) -> FeatureStore:
@@ -78,9 +84,12 @@ class FeatureStore:
         if not id_file.exists():
             raise DataError(f"{path}: ids file {id_file.name} not found beside it")
         try:
-            array = np.load(path, mmap_mode="r")
-        except ValueError as err:
-            raise DataError(f"{path}: not a readable .npy array ({err})") from None
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, EOFError, OSError) as err:
+            why = "the file is empty" if isinstance(err, EOFError) else _one_line(err)
+            raise DataError(f"{path}: not a readable .npy array ({why})") from None
+        if not isinstance(array, np.ndarray):  # np.load reads a .npz archive despite the suffix
+            raise DataError(f"{path}: not a .npy array (an .npz archive?)")
         ids, fingerprint, encoder = _read_ids(id_file)
         if fingerprint is not None and fingerprint != array_fingerprint(array):
             raise DataError(
@@ -91,13 +100,18 @@ class FeatureStore:
 
     @classmethod
     def _open_safetensors(cls, path: Path) -> FeatureStore:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            if "features" not in f.keys():  # noqa: SIM118 (safe_open is no dict)
-                raise DataError(f"{path}: no tensor named 'features'")
-            array = f.get_tensor("features")
+        try:
+            with safe_open(str(path), framework="np") as f:
+                meta = f.metadata() or {}
+                if "features" not in f.keys():  # noqa: SIM118 (safe_open is no dict)
+                    raise DataError(f"{path}: no tensor named 'features'")
+                array = f.get_tensor("features")
+        except (SafetensorError, OSError, ValueError, TypeError) as err:
+            raise DataError(
+                f"{path}: not a readable .safetensors file ({_one_line(err)})"
+            ) from None
         if "ids" not in meta:
             raise DataError(f"{path}: metadata has no 'ids' entry")
         return cls(path, array, _parse_ids(meta["ids"], path), meta.get("encoder"))
@@ -137,10 +151,19 @@ def array_fingerprint(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
+
+
 def _read_ids(path: Path) -> tuple[list[str], str | None, str | None]:
     """The ids of a ``.ids.json`` file, and the fingerprint of its array and the encoder's cache
     key where it records them."""
-    data = _load_json(path.read_text(encoding="utf-8"), path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the ids ({_one_line(err)})") from None
+    data = _load_json(text, path)
     if isinstance(data, dict):
         array = data.get("array")
         fingerprint = array.get("fingerprint") if isinstance(array, dict) else None
@@ -160,8 +183,8 @@ def _parse_ids(text: str, path: Path) -> list[str]:
 def _load_json(text: str, path: Path) -> object:
     try:
         return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: ids are not valid JSON ({err})") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise DataError(f"{path}: ids are not valid JSON ({_one_line(err)})") from None
 
 
 def _check_ids(ids: object, path: Path) -> list[str]:

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import html
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -340,14 +339,10 @@ def evaluation_sections(ev: SplitEvaluation) -> list[Section]:
 
 
 def read_metrics_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Rows of a run's ``metrics.jsonl``; blank or truncated last lines are skipped."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """Rows of a run's ``metrics.jsonl`` (``modalign.io.read_jsonl``: a torn last line is dropped)."""
+    from modalign.io import read_jsonl
+
+    return read_jsonl(Path(path))
 
 
 #: (key, title) of the training curves; ``lr`` is a field of the log, not a metric key.

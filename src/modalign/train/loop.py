@@ -7,6 +7,7 @@ step and per epoch), ``tensorboard/``, ``last.pt`` (everything needed to resume 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -21,14 +22,15 @@ from tqdm.auto import tqdm
 from modalign import distributed
 from modalign.config import Config, TrainConfig, save_config
 from modalign.data.paired import Batch, BatchDataset, EpochBatches, PairedData, merge_chunks
-from modalign.errors import ConfigError
-from modalign.io import write_json_atomic
+from modalign.errors import ConfigError, DataError
+from modalign.io import hold_folder, write_json_atomic
 from modalign.model.aligner import Aligner
 from modalign.model.inference import embed_split, to_device
 from modalign.model.init import HEAD_INITS
 from modalign.model.load import save_model
 from modalign.pipeline import RunParts, build_parts
 from modalign.train.checkpoint import (
+    check_model_state,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -65,7 +67,11 @@ def _warn_if_config_changed(cfg: Config, saved: Path) -> None:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    before, now = flat(yaml.safe_load(saved.read_text()) or {}), flat(to_dict(cfg))
+    try:
+        before, now = flat(yaml.safe_load(saved.read_text()) or {}), flat(to_dict(cfg))
+    except (yaml.YAMLError, OSError, ValueError, AttributeError):
+        log.warning("%s: unreadable; cannot tell whether the config changed", saved)
+        return
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:
         log.warning(
@@ -162,7 +168,7 @@ class Trainer:
         self.model = self.parts.model.to(self.device)
         self.objective = self.parts.objective
         self.head_init = HEAD_INITS.get(cfg.model.head.init)
-        if self.head_init.fit is not None and not resume:
+        if self.head_init.fit is not None and not (resume and (self.run_dir / "last.pt").exists()):
             anchor = self.objective.anchor_pair()
             self.head_init.fit(self.model, self.parts.data, anchor, cfg.model.head)
         self.sampler, self.loader = make_loader(self.parts.data, cfg.train)
@@ -170,19 +176,33 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.train)
         self.schedule = make_schedule(self.optimizer, cfg.train, steps_per_epoch * cfg.train.epochs)
         self.state = TrainState()
-        self._prepare_folder(resume)
+        # one writer per run folder: held from before the folder is checked until fit() ends
+        self._lock = contextlib.ExitStack()
+        if self.main:
+            self._lock.enter_context(hold_folder(self.run_dir, "train"))
+        try:
+            self._prepare_folder(resume)
+        except BaseException:
+            self._lock.close()
+            raise
         self.logger = MetricsLogger(
             self.run_dir, cfg.train.tensorboard and self.main, enabled=self.main
         )
-        if resume and self.main:
-            self.logger.truncate_after(self.state.step)
+        if self.main:  # a fresh start (or restart) drops records of a run killed before last.pt
+            self.logger.truncate_after(self.state.step if self.resumed else -1)
 
     def _prepare_folder(self, resume: bool) -> None:
         last = self.run_dir / "last.pt"
-        if resume:
+        self.resumed = resume and last.exists()
+        if resume and not last.exists() and (self.run_dir / "config.yaml").exists():
+            log.warning(
+                "%s: the run stopped before its first checkpoint; starting it again from the beginning",
+                self.run_dir,
+            )
+        elif resume:
             if not last.exists():
                 raise ConfigError(f"{self.run_dir}: nothing to resume (no last.pt)")
-            self._restore(load_checkpoint(last))
+            self._restore(load_checkpoint(last), last)
             _warn_if_config_changed(self.cfg, self.run_dir / "config.yaml")
         elif last.exists():
             raise ConfigError(
@@ -195,12 +215,18 @@ class Trainer:
         if self.parts.data.skipped.reasons:
             write_json_atomic(self.run_dir / "skipped_rows.json", self.parts.data.skipped.reasons)
 
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.state = TrainState(**ckpt["state"])
-        set_rng_state(ckpt["rng"])
+    def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        check_model_state(ckpt["model"], self.model.state_dict(), path)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.schedule.load_state_dict(ckpt["schedule"])
+            self.state = TrainState(**ckpt["state"])
+            set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise DataError(
+                f"{path}: cannot resume from this checkpoint ({str(err).splitlines()[0][:200]})"
+            ) from None
 
     def _checkpoint(self) -> dict[str, Any]:
         return {
@@ -213,6 +239,10 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train to the end (or early stop), then evaluate ``eval.splits``; returns metrics.json."""
+        with self._lock:  # the run folder stays locked until its metrics.json is written
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
         cfg = self.cfg
         if self.head_init.fit is not None and self.state.step == 0:
             self._score_initial()

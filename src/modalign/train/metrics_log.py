@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modalign.errors import DataError
+from modalign.io import read_jsonl, write_atomic
+
 
 class MetricsLogger:
     """Appends one JSON object per record to ``metrics.jsonl``; mirrors scalars to TensorBoard.
@@ -24,14 +27,12 @@ class MetricsLogger:
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
+        """Keep the records up to ``step`` (all records: a torn last line is dropped), atomically."""
         if not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line and json.loads(line)["step"] <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [r for r in read_jsonl(self.path) if _step(r, self.path) <= step]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        write_atomic(self.path, lambda f: f.writelines([text]))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -49,11 +50,13 @@ class MetricsLogger:
             self.writer.close()
 
 
-def read_log(run_dir: Path) -> list[dict[str, float]]:
-    """The records of a run's ``metrics.jsonl``."""
-    path = run_dir / "metrics.jsonl"
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line]
-        if path.exists()
-        else []
-    )
+def _step(record: dict[str, Any], path: Path) -> int:
+    step = record.get("step")
+    if not isinstance(step, int):
+        raise DataError(f"{path}: a record has no integer 'step' ({str(record)[:80]})")
+    return step
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (see ``modalign.io.read_jsonl``)."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
