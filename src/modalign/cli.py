@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "modalign.commands.train",
     "modalign.commands.embed",
     "modalign.commands.encode",
+    "modalign.commands.export",
     "modalign.commands.eval",
     "modalign.commands.compare",
     "modalign.commands.demo",
