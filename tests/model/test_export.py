@@ -123,7 +123,11 @@ def new_items(folder: Path) -> dict[str, list[str]]:
     images, sounds = [], []
     for i, (colour, shape) in enumerate([("blue", "ring"), ("red", "square"), ("green", "x")]):
         draw(folder / f"n{i}.png", colour, shape, i)
-        sf.write(folder / f"n{i}.wav", np.cos(np.arange(900 + 700 * i) / (3 + i)).astype(np.float32), 16000)
+        sf.write(
+            folder / f"n{i}.wav",
+            np.cos(np.arange(900 + 700 * i) / (3 + i)).astype(np.float32),
+            16000,
+        )
         images.append(str(folder / f"n{i}.png"))
         sounds.append(str(folder / f"n{i}.wav"))
     return {"text": NEW_TEXTS, "image": images, "sound": sounds}
@@ -174,7 +178,10 @@ def test_sentence_transformers_folder_encodes_like_the_model(
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "st"
-    assert main(["export", str(runs[run]), "--format", "sentence-transformers", "--out", str(out)]) == 0
+    assert (
+        main(["export", str(runs[run]), "--format", "sentence-transformers", "--out", str(out)])
+        == 0
+    )
     described = json.loads((out / "export.json").read_text())
     assert described["trust_remote_code"] is custom
     modules = json.loads((out / "modules.json").read_text())
@@ -212,10 +219,20 @@ def test_linear_head_becomes_standard_st_modules(norm: str) -> None:
 def test_unknown_format_and_unexportable_modality_fail_in_one_line(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["export", str(runs["linear"]), "--format", "tflite", "--out", str(tmp_path / "a")]) == 1
+    assert (
+        main(["export", str(runs["linear"]), "--format", "tflite", "--out", str(tmp_path / "a")])
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert "'tflite' is unknown; known: onnx, sentence-transformers" in err and "\n" not in err
-    args = ["export", str(runs["linear"]), "--format", "sentence-transformers", "--modality", "image"]
+    args = [
+        "export",
+        str(runs["linear"]),
+        "--format",
+        "sentence-transformers",
+        "--modality",
+        "image",
+    ]
     assert main([*args, "--out", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err.strip()
     assert "one text modality" in err and "\n" not in err

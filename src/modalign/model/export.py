@@ -27,6 +27,7 @@ References:
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import tempfile
@@ -70,7 +71,16 @@ class GraphInputs:
 
 
 def raw_encoder_of(tower: Tower) -> Encoder | None:
-    """The encoder that reads raw items in ``tower`` (its source, or a raw model encoder)."""
+    """The encoder that reads raw items in ``tower`` (its source, or a raw model encoder).
+
+    Example:
+        >>> from modalign.encoders.features import PrecomputedEncoder
+        >>> tower = Tower(None, PrecomputedEncoder("vec", input_dim=4), nn.Linear(4, 3))
+        >>> raw_encoder_of(tower) is None
+        True
+        >>> PositionalTower(tower, ["features"], as_dict=False)(torch.ones(2, 4)).shape
+        torch.Size([2, 3])
+    """
     if isinstance(tower.source, Encoder):
         return tower.source
     if isinstance(tower.encoder, Encoder) and tower.encoder.input_kind == "raw":
@@ -87,7 +97,7 @@ def _text_inputs(encoder: Encoder, out: Path, modality: str) -> GraphInputs:
     prep = {
         "kind": "text",
         "tokenizer": folder,
-        "max_length": int(encoder.model.max_seq_length),
+        "max_length": encoder.model.max_seq_length,
         "how": "tokenizer(texts, padding=True, truncation=True, max_length=max_length, "
         "return_tensors='np'); feed the inputs named here (int64)",
     }
@@ -199,8 +209,15 @@ def export_onnx(model: TrainedModel, out: Path, modalities: Sequence[str]) -> di
             )
         graphs[m] = {
             "file": f"{m}.onnx",
-            "inputs": [_describe(n, x, spec.axes[n]) for n, x in zip(spec.names, spec.examples)],
-            "output": {"name": "embedding", "dtype": "float32", "shape": ["batch", model.embed_dim]},
+            "inputs": [
+                _describe(n, x, spec.axes[n])
+                for n, x in zip(spec.names, spec.examples, strict=True)
+            ],
+            "output": {
+                "name": "embedding",
+                "dtype": "float32",
+                "shape": ["batch", model.embed_dim],
+            },
             "preprocessing": spec.preprocessing,
             "max_abs_diff": check_onnx(out / f"{m}.onnx", wrapped, spec),
         }
@@ -236,7 +253,11 @@ def export_sentence_transformers(
         ``{"format": "sentence-transformers", "modality", "modules": [...],
         "trust_remote_code": bool}`` (True when a modalign module is part of the folder).
     """
-    texts = [m for m in modalities if isinstance(raw_encoder_of(model.tower(m)), SentenceTransformerEncoder)]
+    texts = [
+        m
+        for m in modalities
+        if isinstance(raw_encoder_of(model.tower(m)), SentenceTransformerEncoder)
+    ]
     if len(texts) != 1 or len(modalities) != 1:
         found = ", ".join(texts) or "none"
         raise ConfigError(
@@ -252,7 +273,7 @@ def export_sentence_transformers(
     if raw.normalize and type(modules[-1]).__name__ != "Normalize":
         modules.append(_st_normalize())
     middle = None if tower.source is None else tower.encoder  # the model's encoder on features
-    modules += head_modules(model, texts[0], middle, tower.head) + [_st_normalize()]
+    modules += [*head_modules(model, texts[0], middle, tower.head), _st_normalize()]
     SentenceTransformer(modules=modules, device="cpu").save(str(out))
     custom = any(type(m).__module__.startswith("modalign.") for m in modules)
     names = [f"{type(m).__module__}.{type(m).__name__}" for m in modules]
@@ -263,14 +284,14 @@ def export_sentence_transformers(
 def st_classes() -> dict[str, type]:
     """sentence-transformers' ``Dense``, ``LayerNorm`` and ``Normalize`` (moved in version 6)."""
     try:
-        from sentence_transformers.sentence_transformer import modules
+        modules = importlib.import_module("sentence_transformers.sentence_transformer.modules")
     except ImportError:  # sentence-transformers < 6
-        from sentence_transformers import models as modules  # type: ignore[no-redef]
+        modules = importlib.import_module("sentence_transformers.models")
     return {n: getattr(modules, n) for n in ("Dense", "LayerNorm", "Normalize")}
 
 
 def _st_normalize() -> nn.Module:
-    return st_classes()["Normalize"]()  # type: ignore[no-any-return]
+    return st_classes()["Normalize"]()
 
 
 def head_modules(
@@ -290,17 +311,20 @@ def head_modules(
             bias = head.proj.bias.detach().double()
         prefix: list[nn.Module] = []
         if isinstance(head.norm, Standardize):
-            mean = head.norm.running_mean.double()  # (F,)
-            scale = (head.norm.running_var.double() + head.norm.eps).rsqrt()  # (F,)
+            stats = head.norm.running_mean, head.norm.running_var
+            assert stats[0] is not None and stats[1] is not None  # track_running_stats is on
+            mean, scale = stats[0].double(), (stats[1].double() + head.norm.eps).rsqrt()  # (F,)
             bias, weight = bias - weight @ (mean * scale), weight * scale[None, :]
         elif isinstance(head.norm, nn.LayerNorm):
             norm = st["LayerNorm"](weight.shape[1])
             norm.norm.load_state_dict(head.norm.state_dict())
             norm.norm.eps = head.norm.eps
             prefix.append(norm)
-        dense = st["Dense"](weight.shape[1], weight.shape[0], bias=True, activation_function=nn.Identity())
+        dense = st["Dense"](
+            weight.shape[1], weight.shape[0], bias=True, activation_function=nn.Identity()
+        )
         dense.linear.weight.data.copy_(weight.float())
-        dense.linear.bias.data.copy_(bias.float())  # type: ignore[union-attr]
+        dense.linear.bias.data.copy_(bias.float())
         return [*prefix, dense]
     from modalign.model.st_module import TowerHead
 
@@ -322,9 +346,17 @@ def export_run(
 
     Returns:
         The content of ``out/export.json``.
+
+    Example:
+        >>> from modalign.model.load import load
+        >>> model = load("runs/x", device="cpu")  # doctest: +SKIP
+        >>> export_run(model, "onnx", "runs/x-onnx")["graphs"]["text"]["inputs"]  # doctest: +SKIP
+        [{'name': 'input_ids', 'dtype': 'int64', 'shape': ['batch', 'sequence']}, ...]
     """
     if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"--format {fmt!r} is unknown; known: {', '.join(EXPORT_FORMATS.names())}")
+        raise ConfigError(
+            f"--format {fmt!r} is unknown; known: {', '.join(EXPORT_FORMATS.names())}"
+        )
     chosen = list(modalities or model.modalities)
     for m in chosen:
         model.tower(m)  # an unknown modality fails here, with the known ones

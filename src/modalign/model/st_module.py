@@ -10,31 +10,47 @@ installed (sentence-transformers >= 6 imports classes outside its own package on
 from __future__ import annotations
 
 import dataclasses
-import os
+import importlib
 from typing import Any
 
 from torch import nn
 
 from modalign.config import HeadConfig
 from modalign.encoders import build_encoder
+from modalign.errors import ConfigError
 from modalign.model.heads import HEADS
 
-try:
-    from sentence_transformers.base.modules import Module as _Base
-except ImportError:  # sentence-transformers < 6, or not installed: a plain module saves the same
-    _Base = nn.Module  # type: ignore[misc,assignment]
+
+def _st_module_base() -> type[nn.Module]:
+    """sentence-transformers' ``Module`` base class (its place moved in version 6)."""
+    for where in ("sentence_transformers.base.modules", "sentence_transformers.models"):
+        try:
+            base: type[nn.Module] = importlib.import_module(where).Module
+            return base
+        except (ImportError, AttributeError):
+            continue
+    return nn.Module  # no sentence-transformers >= 5: from_parts refuses to build one
 
 
-class TowerHead(_Base):  # type: ignore[misc,valid-type]
+_Base: Any = _st_module_base()
+
+
+class TowerHead(_Base):
     """``head(encoder(sentence_embedding))``: a modalign encoder and head as one ST module.
 
     Args:
         encoder: registry name of the encoder over features. encoder_options: its options.
         input_dim: width of the sentence embedding. head: a ``HeadConfig`` as a dict.
         embed_dim: width of the shared space.
+
+    Example:
+        >>> import torch
+        >>> head = TowerHead("precomputed", {}, 8, {"kind": "mlp", "hidden_dim": 16}, 4).eval()
+        >>> head({"sentence_embedding": torch.randn(2, 8)})["sentence_embedding"].shape
+        torch.Size([2, 4])
     """
 
-    config_keys = ["encoder", "encoder_options", "input_dim", "head", "embed_dim"]
+    config_keys = ["encoder", "encoder_options", "input_dim", "head", "embed_dim"]  # noqa: RUF012
 
     def __init__(
         self,
@@ -56,8 +72,12 @@ class TowerHead(_Base):  # type: ignore[misc,valid-type]
         cls, model: Any, modality: str, middle: nn.Module | None, head: nn.Module
     ) -> TowerHead:
         """The module holding a trained model's ``middle`` encoder (None: identity) and head."""
+        if _Base is nn.Module:
+            raise ConfigError("exporting this head to sentence-transformers needs version >= 5")
         card = model.card["modalities"][modality]
-        name, options = (card["encoder"], card["options"]) if middle is not None else ("precomputed", {})
+        name, options = (
+            ("precomputed", {}) if middle is None else (card["encoder"], card["options"])
+        )
         width = int(card["input_dim"] or getattr(middle, "output_dim", 0))
         config = dataclasses.asdict(model.cfg.model.head_for(modality))
         module = cls(name, options, width, config, model.embed_dim)
@@ -71,33 +91,29 @@ class TowerHead(_Base):  # type: ignore[misc,valid-type]
         features["sentence_embedding"] = self.proj(self.features(x))  # (B, embed_dim)
         return features
 
-    def get_config_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.config_keys}
-
     def get_embedding_dimension(self) -> int:
         return self.embed_dim
 
-    def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
-        import json
-
-        from safetensors.torch import save_model
-
-        with open(os.path.join(output_path, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(self.get_config_dict(), f, indent=2)
-        save_model(self, os.path.join(output_path, "model.safetensors"))
+    def save(
+        self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any
+    ) -> None:
+        self.save_config(output_path)
+        self.save_torch_weights(output_path, safe_serialization=True)  # never a pickle
 
     @classmethod
-    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs: Any) -> TowerHead:
-        """Rebuild from ``config.json`` and ``model.safetensors`` (a local folder)."""
-        import json
-
-        from safetensors.torch import load_model
-
-        folder = os.path.join(model_name_or_path, subfolder)
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            module = cls(**json.load(f))
-        load_model(module, os.path.join(folder, "model.safetensors"))
+    def load(
+        cls,
+        model_name_or_path: str,
+        subfolder: str = "",
+        token: bool | str | None = None,
+        cache_folder: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        **kwargs: Any,
+    ) -> TowerHead:
+        """Rebuild from ``config.json`` and ``model.safetensors`` (a folder or a Hub repository)."""
+        hub = {"subfolder": subfolder, "token": token, "cache_folder": cache_folder,
+               "revision": revision, "local_files_only": local_files_only}  # fmt: skip
+        module = cls(**cls.load_config(model_name_or_path, **hub))
+        cls.load_torch_weights(model_name_or_path, model=module, **hub)
         return module.eval()
-
-
-__all__ = ["TowerHead"]
