@@ -243,6 +243,12 @@ def test_unknown_format_and_unexportable_modality_fail_in_one_line(
                  "--out", str(tmp_path / "c")]) == 1  # fmt: skip
     assert "is not an earlier export" in capsys.readouterr().err
     assert (tmp_path / "c" / "mine.txt").read_text() == "keep me"
+    for _ in range(2):  # an earlier export is replaced
+        args = ["export", str(runs["linear"]), "--format", "onnx", "--modality", "vec"]
+        assert main([*args, "--out", str(tmp_path / "d")]) == 0
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["export.json", "vec.onnx"]
+    assert main([*args[:-1], "nope", "--out", str(tmp_path / "e")]) == 1
+    assert "no modality 'nope'" in capsys.readouterr().err
 
 
 class UserAudioEncoder(Encoder):
@@ -263,3 +269,40 @@ def test_encoder_without_an_export_is_refused(runs: dict[str, Path], tmp_path: P
     with pytest.raises(ConfigError, match=r"'sound': its encoder UserAudioEncoder has no ONNX"):
         export_run(model, "onnx", tmp_path / "x", ["sound"])
     assert not (tmp_path / "x").exists()
+
+
+def test_trainable_audio_tower_exports_with_any_clip_lengths(tmp_path: Path) -> None:
+    """audio_conv (masked pooling over padded clips) traced once, run on other lengths."""
+    ort = pytest.importorskip("onnxruntime", reason="needs the export extra")
+    pytest.importorskip("onnx", reason="needs the export extra")
+    from modalign.encoders.audio import ConvAudioEncoder
+    from modalign.model.export import _audio_inputs, export_tower
+    from modalign.model.load import Tower
+
+    torch.manual_seed(0)
+    encoder = ConvAudioEncoder("sound", n_mels=16, channels=(8, 8), output_dim=12).eval()
+    tower = Tower(None, encoder, LinearHead(12, 6, input_norm="layer")).eval()
+    spec = _audio_inputs(encoder, tmp_path, "sound")
+    assert export_tower(tower, spec, tmp_path / "sound.onnx") < 1e-4
+    session = ort.InferenceSession(str(tmp_path / "sound.onnx"), providers=["CPUExecutionProvider"])
+    batch = encoder.collate([torch.randn(n) * 0.3 for n in (700, 5000, 2345)])
+    got = session.run(["embedding"], {k: v.numpy() for k, v in batch.items()})[0]
+    with torch.no_grad():
+        want = tower(batch).numpy()
+    assert float(np.abs(got - want).max()) < 1e-4
+
+
+def test_tower_head_module_saves_and_loads_an_mlp_encoder_and_head(tmp_path: Path) -> None:
+    from modalign.model.st_module import TowerHead
+
+    torch.manual_seed(0)
+    head = {"kind": "mlp", "hidden_dim": 16, "input_norm": "layer"}
+    module = TowerHead("mlp", {"hidden_dim": 8, "output_dim": 6}, 5, head, 4).eval()
+    module.save(str(tmp_path))
+    again = TowerHead.load(str(tmp_path))
+    x = torch.randn(3, 5)
+    with torch.no_grad():
+        want = module.proj(module.features(x))
+        got = again({"sentence_embedding": x})["sentence_embedding"]
+    torch.testing.assert_close(got, want)
+    assert json.loads((tmp_path / "config.json").read_text())["encoder"] == "mlp"

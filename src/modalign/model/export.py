@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modalign.encoders import Encoder
+from modalign.encoders import ENCODERS, Encoder
 from modalign.encoders.audio import AudioFileEncoder
 from modalign.encoders.common import require
 from modalign.encoders.features import PrecomputedEncoder
@@ -194,19 +194,7 @@ def export_onnx(model: TrainedModel, out: Path, modalities: Sequence[str]) -> di
     graphs = {}
     for m in modalities:
         spec = graph_inputs(model, m, out)
-        wrapped = PositionalTower(model.tower(m), spec.names, spec.as_dict).eval()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                wrapped,
-                tuple(spec.examples),
-                str(out / f"{m}.onnx"),
-                input_names=spec.names,
-                output_names=["embedding"],
-                dynamic_axes={**spec.axes, "embedding": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
+        diff = export_tower(model.tower(m), spec, out / f"{m}.onnx")
         graphs[m] = {
             "file": f"{m}.onnx",
             "inputs": [
@@ -219,9 +207,28 @@ def export_onnx(model: TrainedModel, out: Path, modalities: Sequence[str]) -> di
                 "shape": ["batch", model.embed_dim],
             },
             "preprocessing": spec.preprocessing,
-            "max_abs_diff": check_onnx(out / f"{m}.onnx", wrapped, spec),
+            "max_abs_diff": diff,
         }
     return {"format": "onnx", "opset": OPSET, "graphs": graphs}
+
+
+def export_tower(tower: Tower, spec: GraphInputs, path: Path) -> float:
+    """Trace ``tower`` on ``spec``'s examples into the ONNX file ``path``; returns the largest
+    |onnxruntime - torch| on those examples (see :func:`check_onnx`)."""
+    wrapped = PositionalTower(tower, spec.names, spec.as_dict).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            wrapped,
+            tuple(spec.examples),
+            str(path),
+            input_names=spec.names,
+            output_names=["embedding"],
+            dynamic_axes={**spec.axes, "embedding": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return check_onnx(path, wrapped, spec)
 
 
 def _describe(name: str, x: torch.Tensor, axes: dict[int, str]) -> dict[str, Any]:
@@ -357,14 +364,15 @@ def export_run(
         raise ConfigError(
             f"--format {fmt!r} is unknown; known: {', '.join(EXPORT_FORMATS.names())}"
         )
-    chosen = list(modalities or model.modalities)
-    for m in chosen:
-        model.tower(m)  # an unknown modality fails here, with the known ones
+    if model.device.type != "cpu":  # onnxruntime checks on the CPU; GPU kernels differ more
+        raise ConfigError("export a model loaded on the CPU: load(run, device='cpu')")
+    chosen = list(modalities or default_modalities(model, fmt))
+    unknown = [m for m in chosen if m not in model.modalities]
+    if unknown:
+        raise ConfigError(f"no modality {unknown[0]!r} (modalities: {', '.join(model.modalities)})")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
         raise ConfigError(f"{out}: exists and is not an earlier export; choose another --out")
-    if fmt == "sentence-transformers" and modalities is None:
-        chosen = [m for m in chosen if model.input_kind(m) == "text"] or chosen
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -378,6 +386,20 @@ def export_run(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return description
+
+
+def default_modalities(model: TrainedModel, fmt: str) -> list[str]:
+    """Every modality for ONNX; for sentence-transformers those whose recorded encoder (or
+    source encoder) is a sentence-transformers model (read from the card: nothing is built)."""
+    if fmt != "sentence-transformers":
+        return model.modalities
+    texts = []
+    for m, card in model.card["modalities"].items():
+        name = (card.get("source") or card)["encoder"]
+        cls = ENCODERS.get(name) if name in ENCODERS else None
+        if cls is not None and issubclass(cls, SentenceTransformerEncoder):
+            texts.append(m)
+    return texts or model.modalities
 
 
 def export_json(folder: str | Path) -> dict[str, Any]:
