@@ -306,3 +306,23 @@ def test_tower_head_module_saves_and_loads_an_mlp_encoder_and_head(tmp_path: Pat
         got = again({"sentence_embedding": x})["sentence_embedding"]
     torch.testing.assert_close(got, want)
     assert json.loads((tmp_path / "config.json").read_text())["encoder"] == "mlp"
+
+
+class SpectrumHead(torch.nn.Module):
+    """A head with an FFT inside: complex tensors, which the ONNX exporter cannot trace."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(x).abs()
+
+
+def test_a_tower_that_does_not_trace_fails_in_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("onnx", reason="needs the export extra")
+    from modalign.encoders.features import PrecomputedEncoder
+    from modalign.model.export import GraphInputs, export_tower
+    from modalign.model.load import Tower
+
+    tower = Tower(None, PrecomputedEncoder("vec", input_dim=8), SpectrumHead())
+    spec = GraphInputs(["features"], [torch.randn(2, 8)], {"features": {0: "batch"}}, as_dict=False)
+    with pytest.raises(ConfigError, match=r"^vec: this tower does not trace to ONNX \(") as err:
+        export_tower(tower, spec, tmp_path / "vec.onnx")
+    assert "\n" not in str(err.value)

@@ -218,16 +218,22 @@ def export_tower(tower: Tower, spec: GraphInputs, path: Path) -> float:
     wrapped = PositionalTower(tower, spec.names, spec.as_dict).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            wrapped,
-            tuple(spec.examples),
-            str(path),
-            input_names=spec.names,
-            output_names=["embedding"],
-            dynamic_axes={**spec.axes, "embedding": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                wrapped,
+                tuple(spec.examples),
+                str(path),
+                input_names=spec.names,
+                output_names=["embedding"],
+                dynamic_axes={**spec.axes, "embedding": {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        except Exception as err:  # the tracer raises many kinds; the user needs one line
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(
+                f"{path.stem}: this tower does not trace to ONNX ({type(err).__name__}: {first})"
+            ) from None
     return check_onnx(path, wrapped, spec)
 
 
