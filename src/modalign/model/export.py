@@ -43,7 +43,6 @@ from torch import nn
 
 from modalign.encoders import ENCODERS, Encoder
 from modalign.encoders.audio import AudioFileEncoder
-from modalign.encoders.common import require
 from modalign.encoders.features import PrecomputedEncoder
 from modalign.encoders.image import ImageFileEncoder
 from modalign.encoders.text import SentenceTransformerEncoder
@@ -190,7 +189,7 @@ def export_onnx(model: TrainedModel, out: Path, modalities: Sequence[str]) -> di
         each graph entry has ``file``, ``inputs`` (name, dtype, shape), ``output`` and
         ``preprocessing``, and ``max_abs_diff`` (onnxruntime vs torch on the examples).
     """
-    require("onnx", extra="export")
+    _require_export("onnx")
     graphs = {}
     for m in modalities:
         spec = graph_inputs(model, m, out)
@@ -237,6 +236,15 @@ def export_tower(tower: Tower, spec: GraphInputs, path: Path) -> float:
     return check_onnx(path, wrapped, spec)
 
 
+def _require_export(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"ONNX export needs the Python package {module!r}: pip install 'modalign[export]'"
+        ) from None
+
+
 def _describe(name: str, x: torch.Tensor, axes: dict[int, str]) -> dict[str, Any]:
     shape = [axes.get(i, int(n)) for i, n in enumerate(x.shape)]
     return {"name": name, "dtype": str(x.dtype).removeprefix("torch."), "shape": shape}
@@ -244,7 +252,7 @@ def _describe(name: str, x: torch.Tensor, axes: dict[int, str]) -> dict[str, Any
 
 def check_onnx(path: Path, wrapped: nn.Module, spec: GraphInputs) -> float:
     """Largest |onnxruntime - torch| on the example inputs; a ``ConfigError`` above 1e-4."""
-    ort = require("onnxruntime", extra="export")
+    ort = _require_export("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         want = wrapped(*spec.examples).float().cpu().numpy()  # (B, D)
