@@ -30,6 +30,7 @@ _EXPORTS = {
     "fit": "modalign.train.loop",
     "load": "modalign.model.load",
     "TrainedModel": "modalign.model.load",
+    "export_run": "modalign.model.export",
     "embed_run": "modalign.model.inference",
     "embed_manifest": "modalign.features",
     "read_manifest": "modalign.data.manifest",

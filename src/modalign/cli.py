@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "modalign.commands.embed",
     "modalign.commands.encode",
     "modalign.commands.zeroshot",
+    "modalign.commands.export",
     "modalign.commands.eval",
     "modalign.commands.compare",
     "modalign.commands.demo",

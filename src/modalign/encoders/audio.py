@@ -102,6 +102,8 @@ class LogMelSpectrogram(nn.Module):
         )
 
     def power(self, wave: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, F, frames)
+        if torch.onnx.is_in_onnx_export():  # ONNX exporters cannot trace complex tensors
+            return self.power_by_dft(wave)
         spec = torch.stft(
             wave.float(),
             self.n_fft,
@@ -112,6 +114,19 @@ class LogMelSpectrogram(nn.Module):
             return_complex=True,
         )
         return spec.real.square() + spec.imag.square()
+
+    def power_by_dft(self, wave: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, F, frames)
+        """:meth:`power` in real arithmetic: each hop-strided frame times the windowed cosine and
+        sine rows of the DFT (a strided conv1d), the same sums ``torch.stft`` computes by FFT."""
+        n_bins = self.n_fft // 2 + 1
+        k = torch.arange(n_bins, device=wave.device, dtype=torch.float64)[:, None]  # (F, 1)
+        t = torch.arange(self.n_fft, device=wave.device, dtype=torch.float64)[None, :]  # (1, n)
+        angle = 2 * math.pi * ((k * t) % self.n_fft) / self.n_fft  # (F, n), reduced mod n_fft
+        window = self.window.double()[None, :]
+        basis = torch.cat([angle.cos() * window, angle.sin() * window]).float()  # (2F, n)
+        padded = F.pad(wave.float()[:, None, :], (self.n_fft // 2, self.n_fft // 2))  # (B, 1, T')
+        spec = F.conv1d(padded, basis[:, None, :], stride=self.hop_length)  # (B, 2F, frames)
+        return spec[:, :n_bins].square() + spec[:, n_bins:].square()
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, M, frames)
         mel = torch.einsum("bft,fm->bmt", self.power(wave), self.filters)

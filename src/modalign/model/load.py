@@ -231,20 +231,12 @@ class TrainedModel:
         """The whole path of ``modality`` as one module: raw encoder (when there is one), then
         the model's encoder and head, then L2 normalisation. Its input is what the raw encoder's
         ``collate`` returns (or (B, F) features for a modality without one)."""
-        source = self._raw_encoder(modality) if modality not in self._own_raw() else None
-        if source is None and modality in self._sources:
-            source = self._sources[modality]
+        self._raw_encoder(modality)  # builds the source encoder of its features, if any
         return Tower(
             self._sources.get(modality),
             self.aligner.encoders[modality],
             self.aligner.heads[modality],
         )
-
-    def _own_raw(self) -> set[str]:
-        return {
-            m for m, e in self.aligner.encoders.items()
-            if isinstance(e, Encoder) and e.input_kind == "raw"
-        }  # fmt: skip
 
     def _raw_encoder(self, modality: str) -> Encoder | None:
         """The encoder that reads raw items of ``modality``: the model's own, or the source
