@@ -331,11 +331,14 @@ class SharedCodebook(nn.Module):
         self.register_buffer("unused", torch.zeros(num_codes, dtype=torch.long))
         self.register_buffer("initialised", torch.tensor(not init_from_data))
 
-    def quantize(self, semantic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def quantize(
+        self, semantic: torch.Tensor, book: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) features -> ((B, T, D) straight-through codes, (B, T) indices); no update."""
+        book = self.embedding if book is None else book
         b, t, d = semantic.shape
-        codes = nearest_codes(semantic.reshape(b * t, d), self.embedding).view(b, t)
-        q = F.embedding(codes, self.embedding)  # (B, T, D)
+        codes = nearest_codes(semantic.reshape(b * t, d), book).view(b, t)
+        q = F.embedding(codes, book)  # (B, T, D)
         # straight-through: forward value q, gradient of the identity to the features
         return semantic + (q - semantic).detach(), codes
 
@@ -350,21 +353,24 @@ class SharedCodebook(nn.Module):
         """
         if self.training and not bool(self.initialised):
             self._init_from(semantic)
-        hard = {m: self.quantize(z) for m, z in semantic.items()}
+        # a snapshot: the EMA step below rewrites the buffer in place, and autograd needs the
+        # codes the losses were computed with
+        book = self.embedding.clone()
+        hard = {m: self.quantize(z, book) for m, z in semantic.items()}
         quantized = {m: q for m, (q, _) in hard.items()}
         codes = {m: c for m, (_, c) in hard.items()}
-        raw = {m: F.embedding(c, self.embedding) for m, c in codes.items()}
+        raw = {m: F.embedding(c, book) for m, c in codes.items()}
         commitment = commitment_loss(semantic, raw, self.beta)
-        matching = self._matching(semantic)
+        matching = self._matching(semantic, book)
         stats = self._stats(codes)
         if self.training:
             with torch.no_grad():
                 self._ema_step(semantic, codes)
         return QuantizeOutput(quantized, codes, commitment, matching, stats)
 
-    def _matching(self, semantic: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _matching(self, semantic: Mapping[str, torch.Tensor], book: torch.Tensor) -> torch.Tensor:
         names = list(semantic)
-        dists = {m: code_distribution(semantic[m], self.embedding) for m in names}
+        dists = {m: code_distribution(semantic[m], book) for m in names}
         pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
         if not pairs:
             return torch.zeros(())
