@@ -123,7 +123,7 @@ def run_epoch(
         if cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.main_parameters(), cfg.train.grad_clip)
         opt.step()
-        logged |= {"loss": float(loss), **{f"loss/{k}": float(v) for k, v in terms.items()}, **stats}
+        logged |= {"loss": float(loss.detach()), **{f"loss/{k}": float(v.detach()) for k, v in terms.items()}, **stats}
         for k, v in logged.items():
             sums[k] = sums.get(k, 0.0) + v
         batches += 1
