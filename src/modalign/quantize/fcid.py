@@ -64,13 +64,16 @@ class FCIDModel(UnifiedModel):
         self.anchors = [m for m in dims if m not in self.fine]
         if not self.fine:
             raise ValueError("FCID needs at least one temporal (T > 1) modality that is not an anchor")
-        self.semantic = nn.ModuleDict({m: SequenceEncoder(dims[m][1], h, d) for m in self.fine})
+        self.semantic = nn.ModuleDict({m: SequenceEncoder(dims[m][1], h, d, normalize=True) for m in self.fine})
         self.specific = nn.ModuleDict({m: SequenceEncoder(dims[m][1], h, s) for m in self.fine})
         self.decoder = nn.ModuleDict({m: mlp(d + s, h, dims[m][1]) for m in self.fine})
         self.club_fine = nn.ModuleDict({m: CLUBEstimator(d, s, h) for m in self.fine})
         self.club_coarse = nn.ModuleDict({m: CLUBEstimator(d, s, h) for m in self.fine})
-        self.coarse_shared = mlp(d, h, d)  # one projection for every temporal modality
-        self.coarse_anchor = nn.ModuleDict({m: mlp(dims[m][1], h, d) for m in self.anchors})
+        # one projection for every temporal modality; layer-normalised like the fine level
+        self.coarse_shared = nn.Sequential(mlp(d, h, d), nn.LayerNorm(d, elementwise_affine=False))
+        self.coarse_anchor = nn.ModuleDict(
+            {m: nn.Sequential(mlp(dims[m][1], h, d), nn.LayerNorm(d, elementwise_affine=False)) for m in self.anchors}
+        )
         self.cpc = CrossCPC(self.fine, d, h, dis.cpc_steps, 1.0, dis.cpc_self_weight)
 
     def _fine(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -66,16 +66,23 @@ class Standardize(nn.Module):
 
 
 class SequenceEncoder(nn.Module):
-    """(B, T, F) -> (B, T, out): a width-3 temporal convolution, then a per-step MLP."""
+    """(B, T, F) -> (B, T, out): a width-3 temporal convolution, then a per-step MLP.
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+    With ``normalize`` the output is layer-normalised (no affine part), as CMG's transformer
+    encoders end: every step then has norm sqrt(out), which keeps the codebook's distances, the
+    soft code distributions of code matching and the commitment loss on one scale instead of
+    growing with the features.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, normalize: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_dim, hidden_dim, kernel_size=3, padding=1)
         self.out = nn.Sequential(nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+        self.norm = nn.LayerNorm(out_dim, elementwise_affine=False) if normalize else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, F) -> (B, F, T) -> (B, T, H)
-        return self.out(h)
+        return self.norm(self.out(h))
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -152,7 +159,7 @@ class DCIDModel(UnifiedModel):
         d, dis = cfg.quantizer.dim, cfg.disentangle
         h, s = dis.hidden_dim, dis.specific_dim
         self.disentangle = disentangle
-        self.semantic = nn.ModuleDict({m: SequenceEncoder(f, h, d) for m, (_, f) in dims.items()})
+        self.semantic = nn.ModuleDict({m: SequenceEncoder(f, h, d, normalize=True) for m, (_, f) in dims.items()})
         self.specific = nn.ModuleDict({m: SequenceEncoder(f, h, s) for m, (_, f) in dims.items()})
         self.decoder = nn.ModuleDict({m: mlp(d + s, h, f) for m, (_, f) in dims.items()})
         temporal = [m for m, (t, _) in dims.items() if t > dis.cpc_steps]
