@@ -34,6 +34,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -54,8 +55,32 @@ TEMPLATES = [
     "{d}",
     "a handwritten {w}",
 ]
-ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd"]
-ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "croak", "whisper"]
+ESPEAK_ACCENTS = [
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-029",
+    "en-us-nyc",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+]
+ESPEAK_VARIANTS = [
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "croak",
+    "whisper",
+]
 SAMPLE_RATE = 16000
 STEPS = 8
 
@@ -74,16 +99,44 @@ def voice_list(seed: int = 0) -> list[tuple[str, list[str]]]:
             for variant in rng.choice(ESPEAK_VARIANTS, size=7, replace=False):
                 speed, pitch = int(rng.integers(110, 200)), int(rng.integers(20, 85))
                 name = f"espeak_{accent}_{variant}_s{speed}_p{pitch}"
-                cmd = ["espeak-ng", "-v", f"{accent}+{variant}", "-s", str(speed), "-p", str(pitch), "-w", "{out}", "{text}"]
+                cmd = [
+                    "espeak-ng",
+                    "-v",
+                    f"{accent}+{variant}",
+                    "-s",
+                    str(speed),
+                    "-p",
+                    str(pitch),
+                    "-w",
+                    "{out}",
+                    "{text}",
+                ]
                 voices.append((name, cmd))
     if shutil.which("flite"):
         for voice in ["kal", "kal16", "awb", "rms", "slt", "awb_time"]:
             for stretch in ("1.0", "1.3"):
-                cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}", "-t", "{text}", "-o", "{out}"]
+                cmd = [
+                    "flite",
+                    "-voice",
+                    voice,
+                    "--setf",
+                    f"duration_stretch={stretch}",
+                    "-t",
+                    "{text}",
+                    "-o",
+                    "{out}",
+                ]
                 voices.append((f"flite_{voice}_{stretch}", cmd))
     if shutil.which("text2wave"):
         for stretch in ("1.0", "1.3"):
-            cmd = ["text2wave", "-eval", f"(Parameter.set 'Duration_Stretch {stretch})", "-o", "{out}", "{textfile}"]
+            cmd = [
+                "text2wave",
+                "-eval",
+                f"(Parameter.set 'Duration_Stretch {stretch})",
+                "-o",
+                "{out}",
+                "{textfile}",
+            ]
             voices.append((f"festival_kal_{stretch}", cmd))
     return voices
 
@@ -114,12 +167,14 @@ def audio_sequence(wave: np.ndarray, steps: int = STEPS) -> np.ndarray:
 
     from modalign.encoders.audio import LogMelSpectrogram
 
-    mel = LogMelSpectrogram(SAMPLE_RATE, n_mels=40)(torch.from_numpy(wave)[None])[0].T.numpy()  # (frames, 40)
+    mel = LogMelSpectrogram(SAMPLE_RATE, n_mels=40)(torch.from_numpy(wave)[None])[
+        0
+    ].T.numpy()  # (frames, 40)
     energy = mel.max(axis=1)
     voiced = np.flatnonzero(energy > energy.max() - np.log(10) * 3.5)
     mel = mel[voiced[0] : voiced[-1] + 1] if len(voiced) >= steps else mel
     edges = np.linspace(0, len(mel), steps + 1).astype(int)
-    return np.stack([mel[a : max(b, a + 1)].mean(0) for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    return np.stack([mel[a : max(b, a + 1)].mean(0) for a, b in itertools.pairwise(edges)])
 
 
 def visual_sequences(images: np.ndarray) -> np.ndarray:
@@ -143,7 +198,11 @@ def build_data(folder: Path) -> dict:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        write_sequences(folder / "visual.npz", [f"w{i * 13 // len(digits.target)}|{i}|{t}" for i, t in enumerate(digits.target)], visual_sequences(digits.images))
+        write_sequences(
+            folder / "visual.npz",
+            [f"w{i * 13 // len(digits.target)}|{i}|{t}" for i, t in enumerate(digits.target)],
+            visual_sequences(digits.images),
+        )
         write_sequences(folder / "text.npz", *text_features())
         done.write_text(json.dumps({"clips": len(clips)}))
     return {m: read_sequences(folder / f"{m}.npz") for m in ("audio", "visual", "text")}
@@ -171,21 +230,29 @@ def owner_label(key: str) -> tuple[str, int]:
     return parts[0], int(parts[-1])
 
 
-def split_owners(keys: list[str], rng: np.random.Generator, shares: tuple[float, float]) -> dict[str, str]:
+def split_owners(
+    keys: list[str], rng: np.random.Generator, shares: tuple[float, float]
+) -> dict[str, str]:
     """Owner -> pretrain | down_train | down_test, by shares of owners (pretrain, down_train)."""
     owners = sorted({owner_label(k)[0] for k in keys})
     order = rng.permutation(len(owners))
-    n_pre, n_tr = int(round(shares[0] * len(owners))), int(round(shares[1] * len(owners)))
-    names = ["pretrain"] * n_pre + ["down_train"] * n_tr + ["down_test"] * (len(owners) - n_pre - n_tr)
+    n_pre, n_tr = round(shares[0] * len(owners)), round(shares[1] * len(owners))
+    names = (
+        ["pretrain"] * n_pre + ["down_train"] * n_tr + ["down_test"] * (len(owners) - n_pre - n_tr)
+    )
     return {owners[j]: names[r] for r, j in enumerate(order)}
 
 
-def write_manifests(data: dict, seed: int, folder: Path, pairs_per_clip: int = 1) -> tuple[Path, Path]:
+def write_manifests(
+    data: dict, seed: int, folder: Path, pairs_per_clip: int = 1
+) -> tuple[Path, Path]:
     """The pretraining manifest (class-level triples) and the downstream manifest (labelled items)."""
     rng = np.random.default_rng(seed)
     voice_of = split_owners(data["audio"].ids, rng, (0.6, 0.2))
     writer_of = split_owners(data["visual"].ids, rng, (7 / 13, 3 / 13))
-    by_class: dict[str, dict[int, list[str]]] = {m: {d: [] for d in range(10)} for m in ("visual", "text")}
+    by_class: dict[str, dict[int, list[str]]] = {
+        m: {d: [] for d in range(10)} for m in ("visual", "text")
+    }
     for key in data["visual"].ids:
         if writer_of[owner_label(key)[0]] == "pretrain":
             by_class["visual"][owner_label(key)[1]].append(key)
@@ -196,7 +263,7 @@ def write_manifests(data: dict, seed: int, folder: Path, pairs_per_clip: int = 1
         voice, digit = owner_label(key)
         if voice_of[voice] != "pretrain":
             continue
-        for k in range(pairs_per_clip):
+        for _k in range(pairs_per_clip):
             v, t = rng.choice(by_class["visual"][digit]), rng.choice(by_class["text"][digit])
             lines.append(f"p{len(lines)},{key},{v},{t},train")
     pre = folder / "pretrain.csv"
@@ -208,7 +275,9 @@ def write_manifests(data: dict, seed: int, folder: Path, pairs_per_clip: int = 1
             role = owner_of[owner]
             if role != "pretrain":
                 cells = f"{key}," if m == "audio" else f",{key}"
-                down.append(f"d{len(down)},{cells},{digit},{'train' if role == 'down_train' else 'test'}")
+                down.append(
+                    f"d{len(down)},{cells},{digit},{'train' if role == 'down_train' else 'test'}"
+                )
     ds = folder / "downstream.csv"
     ds.write_text("\n".join(down) + "\n")
     return pre, ds
@@ -232,7 +301,9 @@ def method_overrides(method: str, folder: Path, pre: Path, seed: int, epochs: in
     ]
 
 
-def run_method(method: str, folder: Path, pre: Path, down: Path, seed: int, args: argparse.Namespace) -> list[dict]:
+def run_method(
+    method: str, folder: Path, pre: Path, down: Path, seed: int, args: argparse.Namespace
+) -> list[dict]:
     """Pretrain one method, then transfer without and with TOC through the CLI; result rows."""
     from modalign.cli import main as cli
     from modalign.config import load_config
@@ -246,12 +317,33 @@ def run_method(method: str, folder: Path, pre: Path, down: Path, seed: int, args
     rows = []
     for toc in (False, True):
         out = run_dir / ("transfer_toc" if toc else "transfer")
-        argv = ["transfer", str(run_dir), "--manifest", str(down), "--train-modality", "audio",
-                "--test-modality", "visual", "--seed", str(seed), "--out", str(out)]
+        argv = [
+            "transfer",
+            str(run_dir),
+            "--manifest",
+            str(down),
+            "--train-modality",
+            "audio",
+            "--test-modality",
+            "visual",
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+        ]
         if cli(argv + (["--toc"] if toc else [])) != 0:
             raise RuntimeError("transfer failed")
         for r in json.loads((out / "transfer.json").read_text())["results"]:
-            rows.append({"method": method, "toc": toc, "direction": r["direction"], "kind": r["kind"], "accuracy": r["accuracy"], "seed": seed})
+            rows.append(
+                {
+                    "method": method,
+                    "toc": toc,
+                    "direction": r["direction"],
+                    "kind": r["kind"],
+                    "accuracy": r["accuracy"],
+                    "seed": seed,
+                }
+            )
     return rows
 
 
@@ -260,10 +352,28 @@ def summarise(rows: list[dict]) -> list[dict]:
     keys = sorted({(r["method"], r["toc"], r["direction"], r["kind"]) for r in rows})
     out = []
     for method, toc, direction, kind in keys:
-        acc = np.array([r["accuracy"] for r in rows if (r["method"], r["toc"], r["direction"], r["kind"]) == (method, toc, direction, kind)])
-        out.append({"summary": True, "method": method, "toc": toc, "direction": direction, "kind": kind,
-                    "mean": round(float(acc.mean()), 4), "std": round(float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, 4),
-                    "min": round(float(acc.min()), 4), "max": round(float(acc.max()), 4), "seeds": len(acc)})
+        acc = np.array(
+            [
+                r["accuracy"]
+                for r in rows
+                if (r["method"], r["toc"], r["direction"], r["kind"])
+                == (method, toc, direction, kind)
+            ]
+        )
+        out.append(
+            {
+                "summary": True,
+                "method": method,
+                "toc": toc,
+                "direction": direction,
+                "kind": kind,
+                "mean": round(float(acc.mean()), 4),
+                "std": round(float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, 4),
+                "min": round(float(acc.min()), 4),
+                "max": round(float(acc.max()), 4),
+                "seeds": len(acc),
+            }
+        )
     return out
 
 
@@ -277,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["dcid", "fcid"])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--keep", type=int, default=32, help="TOC: codebook dimensions kept (of 64)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared machine)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: best on a shared machine)"
+    )
     args = p.parse_args(argv)
     import torch
 
@@ -285,7 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     folder = cache_dir()
     start = time.time()
     data = build_data(folder)
-    print(json.dumps({"data": {m: list(s.features.shape) for m, s in data.items()}, "seconds": round(time.time() - start, 1)}), file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "data": {m: list(s.features.shape) for m, s in data.items()},
+                "seconds": round(time.time() - start, 1),
+            }
+        ),
+        file=sys.stderr,
+    )
     rows: list[dict] = []
     for seed in args.seeds:
         pre, down = write_manifests(data, seed, folder)
@@ -297,7 +417,14 @@ def main(argv: list[str] | None = None) -> int:
             rows += new
     for s in summarise(rows):
         print(json.dumps(s))
-    print(json.dumps({"seconds": round(time.time() - start, 1), "loadavg": [round(x, 2) for x in os.getloadavg()]}))
+    print(
+        json.dumps(
+            {
+                "seconds": round(time.time() - start, 1),
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    )
     return 0
 
 

@@ -415,7 +415,12 @@ class QuantizerConfig:
         _require(self.codes >= 2, "codebook.quantizer.codes", self.codes, ">= 2")
         _require(self.dim >= 1, "codebook.quantizer.dim", self.dim, ">= 1")
         _require(0 < self.decay < 1, "codebook.quantizer.decay", self.decay, "in (0, 1)")
-        _require(0 <= self.self_weight <= 1, "codebook.quantizer.self_weight", self.self_weight, "in [0, 1]")
+        _require(
+            0 <= self.self_weight <= 1,
+            "codebook.quantizer.self_weight",
+            self.self_weight,
+            "in [0, 1]",
+        )
 
 
 @dataclass(frozen=True)

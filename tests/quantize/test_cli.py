@@ -47,10 +47,14 @@ def tiny_dataset(folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("method", ["dcid", "fcid"])
-def test_train_toc_codes_transfer(tmp_path: Path, method: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_toc_codes_transfer(
+    tmp_path: Path, method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, down = tiny_dataset(tmp_path)
     run = tmp_path / "run"
-    assert main(["train", str(config), "--out", str(run), "--set", f"codebook.method={method}"]) == 0
+    assert (
+        main(["train", str(config), "--out", str(run), "--set", f"codebook.method={method}"]) == 0
+    )
     for name in ("config.yaml", "codebook.json", "model.safetensors", "metrics.json"):
         assert (run / name).exists()
     assert main(["codebook", "toc", str(run), "--keep", "2"]) == 0
@@ -60,13 +64,26 @@ def test_train_toc_codes_transfer(tmp_path: Path, method: str, capsys: pytest.Ca
     assert main(["codes", str(run), "--manifest", str(down), "--out", str(out)]) == 0
     steps = 4 if method == "dcid" else 1  # FCID quantises one coarse step per item
     with np.load(out) as codes:
-        assert codes["a/codes"].shape == (20, steps) and codes["b/quantized"].shape == (20, steps, 4)
+        assert codes["a/codes"].shape == (20, steps) and codes["b/quantized"].shape == (
+            20,
+            steps,
+            4,
+        )
         assert codes["a/ids"][0] == "da20" and codes["toc_dimensions"].shape == (2,)
         assert codes["a/codes"].max() < 8
 
     capsys.readouterr()
-    argv = ["transfer", str(run), "--manifest", str(down), "--train-modality", "a", "--test-modality", "b"]
-    assert main(argv + ["--toc"]) == 0
+    argv = [
+        "transfer",
+        str(run),
+        "--manifest",
+        str(down),
+        "--train-modality",
+        "a",
+        "--test-modality",
+        "b",
+    ]
+    assert main([*argv, "--toc"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {(r["direction"], r["kind"]) for r in lines} == {
         (d, k) for d in ("a_to_b", "b_to_a") for k in ("cross_modal", "upper_bound", "chance")
@@ -85,12 +102,16 @@ def test_codes_are_the_same_after_reloading(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert main(["train", str(config), "--out", str(run), "--set", "train.epochs=1"]) == 0
     for name in ("c1.npz", "c2.npz"):
-        assert main(["codes", str(run), "--manifest", str(down), "--out", str(tmp_path / name)]) == 0
+        assert (
+            main(["codes", str(run), "--manifest", str(down), "--out", str(tmp_path / name)]) == 0
+        )
     with np.load(tmp_path / "c1.npz") as c1, np.load(tmp_path / "c2.npz") as c2:
         np.testing.assert_array_equal(c1["b/codes"], c2["b/codes"])
 
 
-def test_bad_inputs_give_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_inputs_give_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config, down = tiny_dataset(tmp_path)
     np.savez(tmp_path / "bad.npz", feats=np.zeros((2, 3, 4)))
     with pytest.raises(Exception, match="field 'features' missing"):
@@ -99,5 +120,19 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pretrain.csv, row 1 (id 'p0'): field 'b' = 'nope'" in err
-    assert main(["transfer", str(tmp_path / "missing"), "--manifest", str(down), "--train-modality", "a", "--test-modality", "b"]) == 1
+    assert (
+        main(
+            [
+                "transfer",
+                str(tmp_path / "missing"),
+                "--manifest",
+                str(down),
+                "--train-modality",
+                "a",
+                "--test-modality",
+                "b",
+            ]
+        )
+        == 1
+    )
     assert "a codebook run folder" in capsys.readouterr().err

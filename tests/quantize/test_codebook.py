@@ -39,7 +39,9 @@ def test_ema_update_matches_numpy() -> None:
     rng = np.random.default_rng(0)
     count, weight = rng.uniform(0.5, 2, 6), rng.normal(size=(6, 3))
     codes, targets = rng.integers(0, 6, 20), rng.normal(size=(20, 3))
-    got = ema_update(*(torch.tensor(a) for a in (count, weight, codes, targets)), decay=0.9, eps=1e-3)
+    got = ema_update(
+        *(torch.tensor(a) for a in (count, weight, codes, targets)), decay=0.9, eps=1e-3
+    )
     want = np_ema(count, weight, codes, targets, 0.9, 1e-3)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g.numpy(), w, rtol=1e-10)
@@ -71,7 +73,9 @@ def test_multimodal_ema_step_matches_sequential_numpy_reference() -> None:
     for m in z:
         np.testing.assert_array_equal(out.codes[m].flatten().numpy(), codes[m])
     np.testing.assert_allclose(book.ema_count.numpy(), count, rtol=1e-5)
-    np.testing.assert_allclose(book.embedding.numpy(), weight / count[:, None], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        book.embedding.numpy(), weight / count[:, None], rtol=1e-4, atol=1e-6
+    )
 
 
 def test_mix_targets_weights() -> None:
@@ -88,7 +92,9 @@ def test_commitment_matches_numpy() -> None:
         own = np.mean((z[m] - q[m]) ** 2)
         cross = np.mean([np.mean((z[m] - q[o]) ** 2) for o in "abc" if o != m])
         want += 0.25 * (2 * own + cross)
-    got = commitment_loss({m: torch.tensor(v) for m, v in z.items()}, {m: torch.tensor(v) for m, v in q.items()}, 0.25)
+    got = commitment_loss(
+        {m: torch.tensor(v) for m, v in z.items()}, {m: torch.tensor(v) for m, v in q.items()}, 0.25
+    )
     assert abs(float(got) - want) < 1e-10
 
 
@@ -108,7 +114,12 @@ def np_code_matching(za, zb, book):
 
     p, q = dist(za), dist(zb)
     B = len(p)
-    s = np.array([[p[i] @ np.log(q[j] + 1e-10) + q[j] @ np.log(p[i] + 1e-10) for j in range(B)] for i in range(B)])
+    s = np.array(
+        [
+            [p[i] @ np.log(q[j] + 1e-10) + q[j] @ np.log(p[i] + 1e-10) for j in range(B)]
+            for i in range(B)
+        ]
+    )
     return float(np.mean([-(s[i, i] - np.log(np.exp(s[i]).sum())) for i in range(B)]))
 
 
@@ -116,7 +127,9 @@ def test_code_matching_matches_numpy() -> None:
     rng = np.random.default_rng(3)
     za, zb, book = rng.normal(size=(5, 3, 2)), rng.normal(size=(5, 3, 2)), rng.normal(size=(7, 2))
     tb = torch.tensor(book)
-    got = code_matching_loss(code_distribution(torch.tensor(za), tb), code_distribution(torch.tensor(zb), tb))
+    got = code_matching_loss(
+        code_distribution(torch.tensor(za), tb), code_distribution(torch.tensor(zb), tb)
+    )
     assert abs(float(got) - np_code_matching(za, zb, book)) < 1e-8
 
 
@@ -124,7 +137,9 @@ def test_restart_replaces_only_dead_codes_with_active_ones() -> None:
     book = torch.arange(12.0).view(6, 2)
     unused = torch.tensor([0, 299, 300, 10, 0, 5])
     used = torch.tensor([0, 4, 0])
-    new_book, new_unused, dead = restart_dead_codes(book, unused, used, after=300, noise=0.01, generator=torch.Generator().manual_seed(0))
+    new_book, new_unused, dead = restart_dead_codes(
+        book, unused, used, after=300, noise=0.01, generator=torch.Generator().manual_seed(0)
+    )
     assert dead.tolist() == [2]  # 300 + 1 exceeds 300; 299 + 1 does not yet
     assert new_unused.tolist() == [0, 300, 0, 11, 0, 6]
     # a used code (0 or 4) plus at most 0.01 of noise
@@ -143,7 +158,12 @@ def test_codebook_restarts_a_code_that_stays_unused() -> None:
         book({"a": 0.05 * torch.randn(8, 2, 2), "b": 0.05 * torch.randn(8, 2, 2)})
     assert float(book.embedding[3].abs().max()) < 1.0  # moved next to the used codes
     # and the EMA sums agree with it, so the next step does not throw it back
-    np.testing.assert_allclose((book.ema_weight / book.ema_count[:, None]).numpy(), book.embedding.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        (book.ema_weight / book.ema_count[:, None]).numpy(),
+        book.embedding.numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_perplexity_and_overlap_by_hand() -> None:

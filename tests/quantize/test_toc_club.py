@@ -49,8 +49,8 @@ def test_club_negative_term_matches_all_pairs() -> None:
     rng = np.random.default_rng(1)
     mu, logvar, y = (torch.tensor(rng.normal(size=(9, 3))) for _ in range(3))
     var = torch.exp(logvar)
-    pos = (-(mu - y) ** 2 / 2 / var).sum(1)
-    neg = torch.stack([(-(y - mu[i]) ** 2 / 2 / var[i]).sum(1).mean() for i in range(9)])
+    pos = (-((mu - y) ** 2) / 2 / var).sum(1)
+    neg = torch.stack([(-((y - mu[i]) ** 2) / 2 / var[i]).sum(1).mean() for i in range(9)])
     assert abs(float(club_estimate(mu, logvar, y)) - float((pos - neg).mean())) < 1e-10
 
 
@@ -108,7 +108,10 @@ def test_cross_cpc_learns_to_predict_the_other_modality() -> None:
     falls from chance (log B) to a small fraction of it."""
     torch.manual_seed(0)
     pattern = torch.randn(32, 1, 16).expand(32, 4, 16)
-    z = {"a": pattern + 0.1 * torch.randn(32, 4, 16), "b": pattern[..., torch.randperm(16)] + 0.1 * torch.randn(32, 4, 16)}
+    z = {
+        "a": pattern + 0.1 * torch.randn(32, 4, 16),
+        "b": pattern[..., torch.randperm(16)] + 0.1 * torch.randn(32, 4, 16),
+    }
     cpc = CrossCPC(["a", "b"], 16, context_dim=32)
     opt = torch.optim.Adam(cpc.parameters(), lr=0.03)
     first = float(cpc(z).detach())

@@ -62,14 +62,18 @@ def run(args: argparse.Namespace) -> int:
     columns = read_table(args.manifest)
     present = [m for m in run_.model.modalities if m in columns]
     if not present:
-        raise DataError(f"{args.manifest}: no column for any of the run's modalities ({', '.join(run_.model.modalities)})")
+        raise DataError(
+            f"{args.manifest}: no column for any of the run's modalities ({', '.join(run_.model.modalities)})"
+        )
     arrays: dict[str, np.ndarray] = {}
     rows = read_paired(args.manifest, present, label_column=None)
     for m in present:
         if m not in paths:
             raise ConfigError(f"no sequence file for modality {m!r}: pass --features {m}=PATH")
         index = rows.rows_with(m)
-        quantized, codes = encode_items(run_.model, m, rows.features(m, read_sequences(paths[m]), index))
+        quantized, codes = encode_items(
+            run_.model, m, rows.features(m, read_sequences(paths[m]), index)
+        )
         arrays[f"{m}/ids"] = np.asarray([rows.ids[i] for i in index])
         arrays[f"{m}/codes"], arrays[f"{m}/quantized"] = codes, quantized
     toc = run_.toc_dimensions()
@@ -77,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
         arrays["toc_dimensions"] = toc
     with atomic_path(args.out) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
-    print(json.dumps({"out": str(args.out), **{m: int(len(arrays[f'{m}/ids'])) for m in present}}))
+    print(json.dumps({"out": str(args.out), **{m: len(arrays[f"{m}/ids"]) for m in present}}))
     return 0

@@ -21,12 +21,18 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("run_dir", type=Path, help="a codebook run folder")
     p.add_argument("--manifest", type=Path, required=True, help="manifest with labels")
-    p.add_argument("--label-column", default="label", help="column holding the class (default label)")
+    p.add_argument(
+        "--label-column", default="label", help="column holding the class (default label)"
+    )
     p.add_argument("--train-modality", required=True, help="modality A")
     p.add_argument("--test-modality", required=True, help="modality B")
     add_features_option(p)
-    p.add_argument("--toc", action="store_true", help="use only the dimensions kept by `codebook toc`")
-    p.add_argument("--test-share", type=float, default=0.3, help="test share without a split column")
+    p.add_argument(
+        "--toc", action="store_true", help="use only the dimensions kept by `codebook toc`"
+    )
+    p.add_argument(
+        "--test-share", type=float, default=0.3, help="test share without a split column"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/transfer)")
     p.set_defaults(run=run)
@@ -51,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def labelled_code_features(run_: Any, args: argparse.Namespace, modalities: list[str]) -> tuple[dict, dict, dict]:
+def labelled_code_features(
+    run_: Any, args: argparse.Namespace, modalities: list[str]
+) -> tuple[dict, dict, dict]:
     """Pooled code features, labels and train masks of each modality's labelled rows."""
     import numpy as np
 
@@ -61,10 +69,14 @@ def labelled_code_features(run_: Any, args: argparse.Namespace, modalities: list
 
     for m in modalities:
         if m not in run_.model.modalities:
-            raise ConfigError(f"modality {m!r} is not in the run ({', '.join(run_.model.modalities)})")
+            raise ConfigError(
+                f"modality {m!r} is not in the run ({', '.join(run_.model.modalities)})"
+            )
     dims = run_.toc_dimensions() if args.toc else None
     if args.toc and dims is None:
-        raise DataError(f"{args.run_dir / 'toc.json'}: not found; run `modalign codebook toc` first")
+        raise DataError(
+            f"{args.run_dir / 'toc.json'}: not found; run `modalign codebook toc` first"
+        )
     rows = read_paired(args.manifest, modalities, label_column=args.label_column)
     if rows.labels is None:
         raise DataError(f"{args.manifest}: no label column {args.label_column!r}")
@@ -72,12 +84,16 @@ def labelled_code_features(run_: Any, args: argparse.Namespace, modalities: list
     rng = np.random.default_rng(args.seed)
     feats, labels, train = {}, {}, {}
     for m in modalities:
-        index = np.array([i for i in rows.rows_with(m) if rows.labels[i] is not None], dtype=np.int64)
+        index = np.array(
+            [i for i in rows.rows_with(m) if rows.labels[i] is not None], dtype=np.int64
+        )
         if len(index) < 2:
             raise DataError(f"{args.manifest}: fewer than 2 labelled rows with modality {m!r}")
         if m not in paths:
             raise ConfigError(f"no sequence file for modality {m!r}: pass --features {m}=PATH")
-        quantized, _ = encode_items(run_.model, m, rows.features(m, read_sequences(paths[m]), index))
+        quantized, _ = encode_items(
+            run_.model, m, rows.features(m, read_sequences(paths[m]), index)
+        )
         feats[m] = pooled_features(quantized, dims)
         labels[m] = np.asarray([rows.labels[i] for i in index])
         if rows.splits is not None:

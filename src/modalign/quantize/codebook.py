@@ -160,7 +160,9 @@ def commitment_loss(
     names = list(semantic)
     for m in names:
         z = semantic[m]
-        terms = [F.mse_loss(z, align_time(quantized[o], z.shape[1]).detach()) for o in names if o != m]
+        terms = [
+            F.mse_loss(z, align_time(quantized[o], z.shape[1]).detach()) for o in names if o != m
+        ]
         cross = torch.stack(terms).mean() if terms else torch.zeros(())
         total = total + beta * (own_weight * F.mse_loss(z, quantized[m].detach()) + cross)
     return total
@@ -376,7 +378,9 @@ class SharedCodebook(nn.Module):
             return torch.zeros(())
         return 0.5 * torch.stack([code_matching_loss(dists[a], dists[b]) for a, b in pairs]).sum()
 
-    def _ema_step(self, semantic: Mapping[str, torch.Tensor], codes: Mapping[str, torch.Tensor]) -> None:
+    def _ema_step(
+        self, semantic: Mapping[str, torch.Tensor], codes: Mapping[str, torch.Tensor]
+    ) -> None:
         # one sequential update per modality, as in CMG's code: each sees the codes the previous moved
         for m, z in semantic.items():
             b, t, d = z.shape

@@ -82,9 +82,13 @@ def read_sequences(path: str | Path) -> SequenceFile:
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz ({err})") from None
     if features.ndim != 3 or not np.issubdtype(features.dtype, np.number):
-        raise DataError(f"{path}: field 'features' must be a numeric (N, T, F) array, got {features.dtype} {features.shape}")
+        raise DataError(
+            f"{path}: field 'features' must be a numeric (N, T, F) array, got {features.dtype} {features.shape}"
+        )
     if ids.ndim != 1 or ids.dtype.kind not in "US" or len(ids) != len(features):
-        raise DataError(f"{path}: field 'ids' must be {len(features)} strings, got {ids.dtype} {ids.shape}")
+        raise DataError(
+            f"{path}: field 'ids' must be {len(features)} strings, got {ids.dtype} {ids.shape}"
+        )
     keys = [str(k) for k in ids.tolist()]
     if len(set(keys)) != len(keys):
         raise DataError(f"{path}: field 'ids' has duplicates")
@@ -107,14 +111,18 @@ class PairedRows:
 
     def rows_with(self, modality: str) -> np.ndarray:
         """Indices (int64) of rows whose cell for ``modality`` is filled."""
-        return np.array([i for i, c in enumerate(self.cells[modality]) if c is not None], dtype=np.int64)
+        return np.array(
+            [i for i, c in enumerate(self.cells[modality]) if c is not None], dtype=np.int64
+        )
 
     def features(self, modality: str, store: SequenceFile, rows: np.ndarray) -> np.ndarray:
         """(len(rows), T, F) features of ``rows`` of this manifest from ``store``."""
         keys = [self.cells[modality][i] for i in rows]
         bad = next((i for i, k in zip(rows, keys, strict=True) if k is None), None)
         if bad is not None:
-            raise DataError(f"{self.path}, row {bad + 1} (id {self.ids[bad]!r}): field {modality!r} is empty")
+            raise DataError(
+                f"{self.path}, row {bad + 1} (id {self.ids[bad]!r}): field {modality!r} is empty"
+            )
         try:
             return store.rows([str(k) for k in keys])
         except DataError as err:

@@ -29,6 +29,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,9 @@ class CLUBEstimator(nn.Module):
 
     def __init__(self, x_dim: int, y_dim: int, hidden_dim: int = 64) -> None:
         super().__init__()
-        self.mu = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim))
+        self.mu = nn.Sequential(
+            nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim)
+        )
         self.logvar = nn.Sequential(
             nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim), nn.Tanh()
         )
@@ -135,22 +138,31 @@ class CrossCPC(nn.Module):
         super().__init__()
         self.modalities, self.steps = list(modalities), steps
         self.cross_weight, self.self_weight = cross_weight, self_weight
-        self.context = nn.ModuleDict({m: nn.GRU(dim, context_dim, batch_first=True) for m in modalities})
+        self.context = nn.ModuleDict(
+            {m: nn.GRU(dim, context_dim, batch_first=True) for m in modalities}
+        )
         self.predict = nn.ModuleDict(
-            {m: nn.ModuleList(nn.Linear(context_dim, dim) for _ in range(steps)) for m in modalities}
+            {
+                m: nn.ModuleList(nn.Linear(context_dim, dim) for _ in range(steps))
+                for m in modalities
+            }
         )
 
-    def forward(self, semantic: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, semantic: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Weighted InfoNCE of the predictions; semantic: modality -> (B, T, D), same T."""
         length = min(semantic[m].shape[1] for m in self.modalities)
         if length <= self.steps:
             return torch.zeros(())
         cut = int(torch.randint(length - self.steps, (1,), generator=generator))  # 0..T-steps-1
-        contexts = {m: self.context[m](semantic[m][:, : cut + 1])[0][:, -1] for m in self.modalities}
+        contexts = {
+            m: self.context[m](semantic[m][:, : cut + 1])[0][:, -1] for m in self.modalities
+        }
         total, weights = torch.zeros(()), 0.0
         for src in self.modalities:
             for k in range(self.steps):
-                pred = self.predict[src][k](contexts[src])  # (B, D)
+                pred = cast(nn.ModuleList, self.predict[src])[k](contexts[src])  # (B, D)
                 for dst in self.modalities:
                     w = self.self_weight if dst == src else self.cross_weight
                     total = total + w * info_nce(pred, semantic[dst][:, cut + 1 + k])

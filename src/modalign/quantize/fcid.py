@@ -44,6 +44,7 @@ from modalign.quantize.model import (
     SequenceEncoder,
     UnifiedModel,
     build_model,
+    club_of,
     contrastive_alignment,
     flat,
     mlp,
@@ -63,8 +64,12 @@ class FCIDModel(UnifiedModel):
         self.fine = [m for m, (t, _) in dims.items() if t > 1 and m not in cfg.fcid.anchors]
         self.anchors = [m for m in dims if m not in self.fine]
         if not self.fine:
-            raise ValueError("FCID needs at least one temporal (T > 1) modality that is not an anchor")
-        self.semantic = nn.ModuleDict({m: SequenceEncoder(dims[m][1], h, d, normalize=True) for m in self.fine})
+            raise ValueError(
+                "FCID needs at least one temporal (T > 1) modality that is not an anchor"
+            )
+        self.semantic = nn.ModuleDict(
+            {m: SequenceEncoder(dims[m][1], h, d, normalize=True) for m in self.fine}
+        )
         self.specific = nn.ModuleDict({m: SequenceEncoder(dims[m][1], h, s) for m in self.fine})
         self.decoder = nn.ModuleDict({m: mlp(d + s, h, dims[m][1]) for m in self.fine})
         self.club_fine = nn.ModuleDict({m: CLUBEstimator(d, s, h) for m in self.fine})
@@ -72,15 +77,26 @@ class FCIDModel(UnifiedModel):
         # one projection for every temporal modality; layer-normalised like the fine level
         self.coarse_shared = nn.Sequential(mlp(d, h, d), nn.LayerNorm(d, elementwise_affine=False))
         self.coarse_anchor = nn.ModuleDict(
-            {m: nn.Sequential(mlp(dims[m][1], h, d), nn.LayerNorm(d, elementwise_affine=False)) for m in self.anchors}
+            {
+                m: nn.Sequential(mlp(dims[m][1], h, d), nn.LayerNorm(d, elementwise_affine=False))
+                for m in self.anchors
+            }
         )
         self.cpc = CrossCPC(self.fine, d, h, dis.cpc_steps, 1.0, dis.cpc_self_weight)
 
-    def _fine(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def _fine(
+        self, batch: Batch
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         x = {m: self.norm[m](batch[m]) for m in self.fine}
-        return x, {m: self.semantic[m](x[m]) for m in self.fine}, {m: self.specific[m](x[m]) for m in self.fine}
+        return (
+            x,
+            {m: self.semantic[m](x[m]) for m in self.fine},
+            {m: self.specific[m](x[m]) for m in self.fine},
+        )
 
-    def _coarse(self, modality: str, fine_semantic: torch.Tensor | None, raw: torch.Tensor) -> torch.Tensor:
+    def _coarse(
+        self, modality: str, fine_semantic: torch.Tensor | None, raw: torch.Tensor
+    ) -> torch.Tensor:
         """(B, 1, D) coarse semantic feature of one modality."""
         if modality in self.anchors:
             return self.coarse_anchor[modality](pooled(self.norm[modality](raw))).unsqueeze(1)
@@ -93,7 +109,10 @@ class FCIDModel(UnifiedModel):
         x, z, s = self._fine(batch)
         coarse = {m: self._coarse(m, z.get(m), batch[m]) for m in batch}
         out = self.codebook(coarse)
-        recon = sum(reconstruction_loss(x[m], self.decoder[m](torch.cat([z[m], s[m]], -1))) for m in self.fine)
+        recon = sum(
+            reconstruction_loss(x[m], self.decoder[m](torch.cat([z[m], s[m]], -1)))
+            for m in self.fine
+        )
         mi_fine = sum(self.club_fine[m](flat(z[m]), flat(s[m])) for m in self.fine)
         mi_coarse = sum(self.club_coarse[m](coarse[m][:, 0], pooled(s[m])) for m in self.fine)
         terms = self.quantizer_terms(out)
@@ -113,13 +132,18 @@ class FCIDModel(UnifiedModel):
         if not pairs:
             return torch.zeros(())
         t = self.cfg.fcid.temperature
-        return torch.stack([contrastive_alignment(coarse[a][:, 0], coarse[b][:, 0], t) for a, b in pairs]).mean()
+        return torch.stack(
+            [contrastive_alignment(coarse[a][:, 0], coarse[b][:, 0], t) for a, b in pairs]
+        ).mean()
 
     def club_pairs(self, batch: Batch) -> list[ClubPair]:
         with torch.no_grad():
             _, z, s = self._fine(batch)
-            pairs = [(self.club_fine[m], flat(z[m]), flat(s[m])) for m in self.fine]
-            pairs += [(self.club_coarse[m], self._coarse(m, z[m], batch[m])[:, 0], pooled(s[m])) for m in self.fine]
+            pairs = [(club_of(self.club_fine, m), flat(z[m]), flat(s[m])) for m in self.fine]
+            pairs += [
+                (club_of(self.club_coarse, m), self._coarse(m, z[m], batch[m])[:, 0], pooled(s[m]))
+                for m in self.fine
+            ]
         return pairs
 
     def encode(self, modality: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

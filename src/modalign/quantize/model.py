@@ -29,15 +29,16 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modalign.config import CodebookConfig
-from modalign.registry import Registry
 from modalign.quantize.codebook import QuantizeOutput, SharedCodebook
 from modalign.quantize.disentangle import CLUBEstimator, CrossCPC, reconstruction_loss
+from modalign.registry import Registry
 
 Dims = Mapping[str, tuple[int, int]]  # modality -> (T steps, F features per step)
 Batch = Mapping[str, torch.Tensor]  # modality -> (B, T, F)
@@ -77,7 +78,9 @@ class SequenceEncoder(nn.Module):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, normalize: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_dim, hidden_dim, kernel_size=3, padding=1)
-        self.out = nn.Sequential(nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+        self.out = nn.Sequential(
+            nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim)
+        )
         self.norm = nn.LayerNorm(out_dim, elementwise_affine=False) if normalize else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,6 +91,11 @@ class SequenceEncoder(nn.Module):
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """A two-layer perceptron, applied to the last axis."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+
+
+def club_of(estimators: nn.ModuleDict, modality: str) -> CLUBEstimator:
+    """The CLUB estimator of a modality, typed."""
+    return cast(CLUBEstimator, estimators[modality])
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
@@ -105,13 +113,20 @@ class UnifiedModel(nn.Module):
         self.modalities = list(dims)
         self.norm = nn.ModuleDict({m: Standardize(f) for m, (_, f) in dims.items()})
         self.codebook = SharedCodebook(
-            q.codes, q.dim, q.decay, q.epsilon, q.commitment, q.self_weight, q.restart_after, q.init_from_data
+            q.codes,
+            q.dim,
+            q.decay,
+            q.epsilon,
+            q.commitment,
+            q.self_weight,
+            q.restart_after,
+            q.init_from_data,
         )
 
     def fit_normalisation(self, features: Batch) -> None:
         """Fit each modality's standardisation on its (N, T, F) training features."""
         for m, x in features.items():
-            self.norm[m].fit(x)
+            cast(Standardize, self.norm[m]).fit(x)
 
     def club_estimators(self) -> list[CLUBEstimator]:
         return [mod for mod in self.modules() if isinstance(mod, CLUBEstimator)]
@@ -131,7 +146,10 @@ class UnifiedModel(nn.Module):
         raise NotImplementedError
 
     def quantizer_terms(self, out: QuantizeOutput) -> dict[str, torch.Tensor]:
-        return {"commitment": out.commitment, "matching": self.cfg.quantizer.matching_weight * out.matching}
+        return {
+            "commitment": out.commitment,
+            "matching": self.cfg.quantizer.matching_weight * out.matching,
+        }
 
 
 METHODS = Registry[Callable[[CodebookConfig, Dims], UnifiedModel]]("codebook method")
@@ -159,18 +177,30 @@ class DCIDModel(UnifiedModel):
         d, dis = cfg.quantizer.dim, cfg.disentangle
         h, s = dis.hidden_dim, dis.specific_dim
         self.disentangle = disentangle
-        self.semantic = nn.ModuleDict({m: SequenceEncoder(f, h, d, normalize=True) for m, (_, f) in dims.items()})
+        self.semantic = nn.ModuleDict(
+            {m: SequenceEncoder(f, h, d, normalize=True) for m, (_, f) in dims.items()}
+        )
         self.specific = nn.ModuleDict({m: SequenceEncoder(f, h, s) for m, (_, f) in dims.items()})
         self.decoder = nn.ModuleDict({m: mlp(d + s, h, f) for m, (_, f) in dims.items()})
         temporal = [m for m, (t, _) in dims.items() if t > dis.cpc_steps]
         self.cpc = (
-            CrossCPC(temporal, d, h, dis.cpc_steps, 1.0, dis.cpc_self_weight) if disentangle and temporal else None
+            CrossCPC(temporal, d, h, dis.cpc_steps, 1.0, dis.cpc_self_weight)
+            if disentangle and temporal
+            else None
         )
-        self.club = nn.ModuleDict({m: CLUBEstimator(d, s, h) for m in dims}) if disentangle else None
+        self.club = (
+            nn.ModuleDict({m: CLUBEstimator(d, s, h) for m in dims}) if disentangle else None
+        )
 
-    def _split(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def _split(
+        self, batch: Batch
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         x = {m: self.norm[m](v) for m, v in batch.items()}
-        return x, {m: self.semantic[m](v) for m, v in x.items()}, {m: self.specific[m](v) for m, v in x.items()}
+        return (
+            x,
+            {m: self.semantic[m](v) for m, v in x.items()},
+            {m: self.specific[m](v) for m, v in x.items()},
+        )
 
     def losses(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Loss terms (already weighted) and logged numbers for a batch: modality -> (B, T, F)."""
@@ -178,7 +208,8 @@ class DCIDModel(UnifiedModel):
         x, z, s = self._split(batch)
         out = self.codebook(z)
         recon = sum(
-            reconstruction_loss(x[m], self.decoder[m](torch.cat([out.quantized[m], s[m]], -1))) for m in x
+            reconstruction_loss(x[m], self.decoder[m](torch.cat([out.quantized[m], s[m]], -1)))
+            for m in x
         )
         terms = self.quantizer_terms(out)
         terms["recon"] = dis.recon_weight * torch.as_tensor(recon)
@@ -194,7 +225,10 @@ class DCIDModel(UnifiedModel):
             return []
         with torch.no_grad():
             _, z, s = self._split(batch)
-            return [(self.club[m], flat(self.codebook.quantize(z[m])[0]), flat(s[m])) for m in z]
+            return [
+                (club_of(self.club, m), flat(self.codebook.quantize(z[m])[0]), flat(s[m]))
+                for m in z
+            ]
 
     def encode(self, modality: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, F) features -> ((B, T, D) quantised features, (B, T) codes)."""

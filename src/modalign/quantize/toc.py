@@ -73,6 +73,6 @@ def select_dimensions(
     if not 0.0 <= bottom_share <= 1.0:
         raise ConfigError(f"bottom share {bottom_share}: must be in [0, 1]")
     order = np.argsort(-scores, kind="stable")  # best first
-    n_bottom = int(round(keep * bottom_share))
+    n_bottom = round(keep * bottom_share)
     chosen = np.concatenate([order[: keep - n_bottom], order[d - n_bottom :]])
     return np.sort(chosen).astype(np.int64)

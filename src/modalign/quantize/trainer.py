@@ -76,12 +76,19 @@ def load_training_features(cfg: Config) -> dict[str, torch.Tensor]:
         and (rows.splits is None or rows.splits[i] in (None, "train"))
     ]
     if len(keep) < 2:
-        raise DataError(f"{cfg.data.manifest}: fewer than 2 train rows with every modality ({', '.join(modalities)})")
+        raise DataError(
+            f"{cfg.data.manifest}: fewer than 2 train rows with every modality ({', '.join(modalities)})"
+        )
     index = np.array(keep, dtype=np.int64)
     return {m: torch.from_numpy(rows.features(m, stores[m], index)) for m in modalities}
 
 
-def train_club(model: UnifiedModel, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], steps: int) -> float:
+def train_club(
+    model: UnifiedModel,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    steps: int,
+) -> float:
     """A few maximum-likelihood steps of the CLUB estimators on detached pairs; mean loglik."""
     pairs = model.club_pairs(batch)
     if not pairs or steps == 0:
@@ -115,7 +122,9 @@ def run_epoch(
         batch = {m: x[idx] for m, x in data.items()}
         logged: dict[str, float] = {}
         if club_opt is not None:
-            logged["club_loglik"] = train_club(model, club_opt, batch, cfg.codebook.disentangle.club_steps)
+            logged["club_loglik"] = train_club(
+                model, club_opt, batch, cfg.codebook.disentangle.club_steps
+            )
         terms, stats = model.losses(batch)
         loss = torch.stack(list(terms.values())).sum()
         opt.zero_grad(set_to_none=True)
@@ -123,7 +132,11 @@ def run_epoch(
         if cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.main_parameters(), cfg.train.grad_clip)
         opt.step()
-        logged |= {"loss": float(loss.detach()), **{f"loss/{k}": float(v.detach()) for k, v in terms.items()}, **stats}
+        logged |= {
+            "loss": float(loss.detach()),
+            **{f"loss/{k}": float(v.detach()) for k, v in terms.items()},
+            **stats,
+        }
         for k, v in logged.items():
             sums[k] = sums.get(k, 0.0) + v
         batches += 1
@@ -150,7 +163,9 @@ def fit_codebook(cfg: Config, out: str | Path, progress: bool = True) -> dict[st
     save_config(cfg, out / CONFIG_FILE)
     (out / "metrics.jsonl").write_text("")
     metrics: dict[str, float] = {}
-    for epoch in tqdm(range(cfg.train.epochs), desc=f"codebook {cfg.codebook.method}", disable=not progress):
+    for epoch in tqdm(
+        range(cfg.train.epochs), desc=f"codebook {cfg.codebook.method}", disable=not progress
+    ):
         metrics = {"epoch": float(epoch + 1), **run_epoch(model, (opt, club_opt), data, cfg)}
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -161,7 +176,11 @@ def fit_codebook(cfg: Config, out: str | Path, progress: bool = True) -> dict[st
 
 def save_run(model: UnifiedModel, out: Path) -> None:
     """Write the model's weights (safetensors) and its shapes (JSON), atomically."""
-    meta = {"method": model.cfg.method, "modalities": model.modalities, "dims": {m: list(d) for m, d in model.dims.items()}}
+    meta = {
+        "method": model.cfg.method,
+        "modalities": model.modalities,
+        "dims": {m: list(d) for m, d in model.dims.items()},
+    }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))

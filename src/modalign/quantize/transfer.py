@@ -125,12 +125,26 @@ def transfer_direction(
     xt, yt, tr_t = features[target], labels[target], train[target]
     direction = f"{source}_to_{target}"
     results = [
-        ("cross_modal", probe_accuracy(xs[tr_s], ys[tr_s], xt[~tr_t], yt[~tr_t], seed), int(tr_s.sum())),
-        ("upper_bound", probe_accuracy(xt[tr_t], yt[tr_t], xt[~tr_t], yt[~tr_t], seed), int(tr_t.sum())),
+        (
+            "cross_modal",
+            probe_accuracy(xs[tr_s], ys[tr_s], xt[~tr_t], yt[~tr_t], seed),
+            int(tr_s.sum()),
+        ),
+        (
+            "upper_bound",
+            probe_accuracy(xt[tr_t], yt[tr_t], xt[~tr_t], yt[~tr_t], seed),
+            int(tr_t.sum()),
+        ),
         ("chance", chance_accuracy(ys[tr_s], yt[~tr_t]), int(tr_s.sum())),
     ]
     return [
-        {"direction": direction, "kind": kind, "accuracy": acc, "n_train": n, "n_test": int((~tr_t).sum())}
+        {
+            "direction": direction,
+            "kind": kind,
+            "accuracy": acc,
+            "n_train": n,
+            "n_test": int((~tr_t).sum()),
+        }
         for kind, acc, n in results
     ]
 
@@ -148,7 +162,13 @@ def write_transfer_report(path: str | Path, rows: Sequence[Mapping[str, Any]], t
     fig, (ax,) = subplots(1, figsize=(6, 3.2))
     width = 0.8 / len(kinds)
     for k, kind in enumerate(kinds):
-        acc = [next((float(r["accuracy"]) for r in rows if r["direction"] == d and r["kind"] == kind), np.nan) for d in directions]
+        acc = [
+            next(
+                (float(r["accuracy"]) for r in rows if r["direction"] == d and r["kind"] == kind),
+                np.nan,
+            )
+            for d in directions
+        ]
         ax.bar(np.arange(len(directions)) + k * width, acc, width, label=kind.replace("_", " "))
     ax.set_xticks(np.arange(len(directions)) + width, directions)
     ax.set_ylabel("accuracy")
@@ -160,4 +180,8 @@ def write_transfer_report(path: str | Path, rows: Sequence[Mapping[str, Any]], t
         "upper bound: fitted on the target's own labelled train rows. chance: the most frequent "
         "source train label.</p>"
     )
-    write_report(path, title, [Section("Cross-modal generalisation", note + table + figure_html(fig, "accuracy"))])
+    write_report(
+        path,
+        title,
+        [Section("Cross-modal generalisation", note + table + figure_html(fig, "accuracy"))],
+    )
