@@ -377,6 +377,42 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired_differences(rows: list[dict]) -> list[dict]:
+    """Cross-modal accuracy differences paired by seed and direction: TOC - no TOC per method,
+    and each method - the first (``fcid - dcid``), each with mean and standard deviation."""
+    cross = {
+        (r["method"], r["toc"], r["direction"], r["seed"]): r["accuracy"]
+        for r in rows
+        if r["kind"] == "cross_modal"
+    }
+    methods = list(dict.fromkeys(m for m, _, _, _ in cross))
+    directions = sorted({d for _, _, d, _ in cross})
+    seeds = sorted({s for _, _, _, s in cross})
+    comparisons = [(f"{m}+toc - {m}", (m, True), (m, False)) for m in methods]
+    comparisons += [(f"{m} - {methods[0]}", (m, False), (methods[0], False)) for m in methods[1:]]
+    out = []
+    for name, (ma, ta), (mb, tb) in comparisons:
+        for d in directions:
+            diff = np.array(
+                [
+                    cross[(ma, ta, d, s)] - cross[(mb, tb, d, s)]
+                    for s in seeds
+                    if (ma, ta, d, s) in cross and (mb, tb, d, s) in cross
+                ]
+            )
+            if len(diff):
+                out.append(
+                    {
+                        "difference": name,
+                        "direction": d,
+                        "mean": round(float(diff.mean()), 4),
+                        "std": round(float(diff.std(ddof=1)) if len(diff) > 1 else 0.0, 4),
+                        "seeds": len(diff),
+                    }
+                )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import contextlib
     import io
@@ -415,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in new:
                 print(json.dumps(r), flush=True)
             rows += new
-    for s in summarise(rows):
+    for s in summarise(rows) + paired_differences(rows):
         print(json.dumps(s))
     print(
         json.dumps(
