@@ -156,14 +156,14 @@ def commitment_loss(
         >>> float(commitment_loss(z, z, beta=0.25))
         0.5
     """
-    total = torch.zeros(())
     names = list(semantic)
+    total = semantic[names[0]].new_zeros(())
     for m in names:
         z = semantic[m]
         terms = [
             F.mse_loss(z, align_time(quantized[o], z.shape[1]).detach()) for o in names if o != m
         ]
-        cross = torch.stack(terms).mean() if terms else torch.zeros(())
+        cross = torch.stack(terms).mean() if terms else z.new_zeros(())
         total = total + beta * (own_weight * F.mse_loss(z, quantized[m].detach()) + cross)
     return total
 
@@ -242,7 +242,7 @@ def restart_dead_codes(
     dead = torch.nonzero(unused > after).flatten()
     if dead.numel():
         active = torch.unique(used)
-        pick = torch.randint(len(active), (dead.numel(),), generator=generator)
+        pick = torch.randint(len(active), (dead.numel(),), generator=generator).to(active.device)
         jitter = torch.rand(dead.numel(), codebook.shape[1], generator=generator) * 2 - 1
         codebook = codebook.clone()
         codebook[dead] = codebook[active[pick]] + noise * jitter.to(codebook)
@@ -375,7 +375,7 @@ class SharedCodebook(nn.Module):
         dists = {m: code_distribution(semantic[m], book) for m in names}
         pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
         if not pairs:
-            return torch.zeros(())
+            return book.new_zeros(())
         return 0.5 * torch.stack([code_matching_loss(dists[a], dists[b]) for a, b in pairs]).sum()
 
     def _ema_step(

@@ -154,12 +154,12 @@ class CrossCPC(nn.Module):
         """Weighted InfoNCE of the predictions; semantic: modality -> (B, T, D), same T."""
         length = min(semantic[m].shape[1] for m in self.modalities)
         if length <= self.steps:
-            return torch.zeros(())
+            return next(iter(semantic.values())).new_zeros(())
         cut = int(torch.randint(length - self.steps, (1,), generator=generator))  # 0..T-steps-1
         contexts = {
             m: self.context[m](semantic[m][:, : cut + 1])[0][:, -1] for m in self.modalities
         }
-        total, weights = torch.zeros(()), 0.0
+        total, weights = contexts[self.modalities[0]].new_zeros(()), 0.0
         for src in self.modalities:
             for k in range(self.steps):
                 pred = cast(nn.ModuleList, self.predict[src])[k](contexts[src])  # (B, D)

@@ -130,7 +130,7 @@ class FCIDModel(UnifiedModel):
             else list(itertools.combinations(self.fine, 2))
         )
         if not pairs:
-            return torch.zeros(())
+            return next(iter(coarse.values())).new_zeros(())
         t = self.cfg.fcid.temperature
         return torch.stack(
             [contrastive_alignment(coarse[a][:, 0], coarse[b][:, 0], t) for a, b in pairs]

@@ -57,6 +57,18 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def pick_device(name: str) -> torch.device:
+    """``auto``: the first GPU when there is one, else the CPU; otherwise the named device.
+
+    Example:
+        >>> pick_device("cpu")
+        device(type='cpu')
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def load_training_features(cfg: Config) -> dict[str, torch.Tensor]:
     """Paired (N, T, F) features of every modality: manifest rows in the train split (or with no
     split) that have all modalities."""
@@ -112,7 +124,7 @@ def run_epoch(
     """One pass over shuffled batches; returns the mean of every loss term and statistic."""
     opt, club_opt = optimizers
     n = len(next(iter(data.values())))
-    order = torch.randperm(n)
+    order = torch.randperm(n).to(next(iter(data.values())).device)
     sums: dict[str, float] = {}
     batches = 0
     for start in range(0, n - 1, cfg.train.batch_size):
@@ -151,9 +163,10 @@ def fit_codebook(cfg: Config, out: str | Path, progress: bool = True) -> dict[st
     """
     out = Path(out)
     seed_all(cfg.train.seed)
-    data = load_training_features(cfg)
+    device = pick_device(cfg.train.device)
+    data = {m: x.to(device) for m, x in load_training_features(cfg).items()}
     dims = {m: (int(x.shape[1]), int(x.shape[2])) for m, x in data.items()}
-    model = build_model(cfg.codebook, dims)
+    model = build_model(cfg.codebook, dims).to(device)
     model.fit_normalisation(data)
     model.train()
     opt = torch.optim.Adam(model.main_parameters(), lr=cfg.train.lr)

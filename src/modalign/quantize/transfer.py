@@ -43,13 +43,14 @@ def encode_items(
         ((N, T', D) float32 quantised features, (N, T') int64 codes); T' is T, or 1 for FCID.
     """
     model.eval()
+    device = model.codebook.embedding.device
     quantized, codes = [], []
     with torch.no_grad():
         for start in range(0, len(features), batch_size):
             x = torch.as_tensor(features[start : start + batch_size], dtype=torch.float32)
-            q, c = model.encode(modality, x)
-            quantized.append(q.numpy())
-            codes.append(c.numpy())
+            q, c = model.encode(modality, x.to(device))
+            quantized.append(q.cpu().numpy())
+            codes.append(c.cpu().numpy())
     return np.concatenate(quantized).astype(np.float32), np.concatenate(codes).astype(np.int64)
 
 
