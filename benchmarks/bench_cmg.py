@@ -429,6 +429,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=["dcid", "fcid"])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--keep", type=int, default=32, help="TOC: codebook dimensions kept (of 64)")
+    p.add_argument("--matching-weight", type=float, default=5.0, help="code matching weight")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every method (repeatable)",
+    )
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: best on a shared machine)"
     )
