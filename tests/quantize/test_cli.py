@@ -46,7 +46,7 @@ def tiny_dataset(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     return folder / "config.yaml", folder / "down.csv"
 
 
-@pytest.mark.parametrize("method", ["dcid", "fcid"])
+@pytest.mark.parametrize("method", ["cmg", "dcid", "fcid"])
 def test_train_toc_codes_transfer(
     tmp_path: Path, method: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -62,7 +62,7 @@ def test_train_toc_codes_transfer(
 
     out = tmp_path / "codes.npz"
     assert main(["codes", str(run), "--manifest", str(down), "--out", str(out)]) == 0
-    steps = 4 if method == "dcid" else 1  # FCID quantises one coarse step per item
+    steps = 1 if method == "fcid" else 4  # FCID quantises one coarse step per item
     with np.load(out) as codes:
         assert codes["a/codes"].shape == (20, steps) and codes["b/quantized"].shape == (
             20,
