@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := tuxpaint-stamps-default
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: system install test lint demo clean
+.PHONY: system install test lint demo clean bench-cmg-setup bench-cmg
 
 # System packages: the real data of the demo and of the real-data tests.
 system:
@@ -41,6 +41,16 @@ test: system install lint
 
 demo: system install
 	$(BIN)/modalign demo
+
+# Speech synthesisers for benchmarks/bench_cmg.py (spoken digits in many voices); the tests
+# do not need them. mbrola voices are not packaged on Debian main, so they are not installed.
+BENCH_CMG_APT := espeak-ng flite festival
+bench-cmg-setup: install
+	( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BENCH_CMG_APT) >/dev/null ) \
+		|| echo "warning: could not install $(BENCH_CMG_APT); bench_cmg uses the synthesisers it finds"
+
+bench-cmg: bench-cmg-setup
+	$(BIN)/python benchmarks/bench_cmg.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

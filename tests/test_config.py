@@ -38,7 +38,7 @@ def test_defaults_and_overrides_are_typed() -> None:
         ("model.head.kind=conv", "is not one of linear, mlp"),
         (
             "trian.epochs=1",
-            "unknown key 'trian.epochs'; valid keys in 'the config': data, eval, loss, model, name, train",
+            "unknown key 'trian.epochs'; valid keys in 'the config': codebook, data, eval, loss, model, name, train",
         ),
         ("train.epochs", "not of the form section.key=value"),
         ("train.epochs.x=1", "holds a value, not a section"),

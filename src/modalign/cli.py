@@ -28,6 +28,9 @@ COMMAND_MODULES = [
     "modalign.commands.compare",
     "modalign.commands.demo",
     "modalign.commands.synth",
+    "modalign.commands.codebook",
+    "modalign.commands.codes",
+    "modalign.commands.transfer",
 ]
 
 

@@ -317,6 +317,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    codebook: CodebookConfig = field(default_factory=lambda: CodebookConfig())
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -571,3 +572,93 @@ def _check_list(raw: Any, tp: Any, declared: Any, where: str) -> None:
     )
     if not ok:
         raise ConfigError(f"{where} = {raw!r}: must be {_type_text(declared)}")
+
+
+# --------------------------------------------------------------------------- codebook section
+# Owned by modalign.quantize (discrete unified representations); ``modalign train`` runs the
+# codebook trainer instead of the contrastive one when ``codebook.method`` is set.
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    """The shared codebook (CMG): size, multi-modal EMA, commitment, matching, restarts."""
+
+    codes: int = 400
+    dim: int = 256
+    decay: float = 0.99
+    epsilon: float = 1e-5
+    commitment: float = 0.25
+    self_weight: float = 0.5  # a modality's own share of its EMA target
+    matching_weight: float = 1.0  # cross-modal code matching
+    restart_after: int = 300  # steps unused before a code restarts (0: never)
+    init_from_data: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.codes >= 2, "codebook.quantizer.codes", self.codes, ">= 2")
+        _require(self.dim >= 1, "codebook.quantizer.dim", self.dim, ">= 1")
+        _require(0 < self.decay < 1, "codebook.quantizer.decay", self.decay, "in (0, 1)")
+        _require(
+            0 <= self.self_weight <= 1,
+            "codebook.quantizer.self_weight",
+            self.self_weight,
+            "in [0, 1]",
+        )
+
+
+@dataclass(frozen=True)
+class DisentangleConfig:
+    """DCID's parts: CLUB (with its own optimiser), cross-modal CPC, reconstruction."""
+
+    hidden_dim: int = 256
+    specific_dim: int = 64
+    club_weight: float = 0.1
+    club_lr: float = 1e-3
+    club_steps: int = 3  # inner steps of the CLUB estimators per batch
+    cpc_weight: float = 1.0
+    cpc_steps: int = 1  # future steps predicted
+    cpc_self_weight: float = 0.1
+    recon_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.club_steps >= 0, "codebook.disentangle.club_steps", self.club_steps, ">= 0")
+        _require(self.cpc_steps >= 1, "codebook.disentangle.cpc_steps", self.cpc_steps, ">= 1")
+
+
+@dataclass(frozen=True)
+class FCIDConfig:
+    """FCID's coarse level: InfoNCE of pooled audio/visual to text (the anchors)."""
+
+    temperature: float = 0.1
+    align_weight: float = 1.0
+    anchors: tuple[str, ...] = ("text",)  # non-temporal modalities the others align to
+
+    def __post_init__(self) -> None:
+        _require(self.temperature > 0, "codebook.fcid.temperature", self.temperature, "positive")
+
+
+@dataclass(frozen=True)
+class TOCConfig:
+    """Training-free codebook optimisation defaults (``modalign codebook toc``)."""
+
+    lam: float = 0.7
+    bottom_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.lam <= 1, "codebook.toc.lam", self.lam, "in [0, 1]")
+
+
+@dataclass(frozen=True)
+class CodebookConfig:
+    """Discrete unified representations (modalign.quantize); method None: not a codebook run.
+
+    ``cmg``: the shared codebook alone (multi-modal EMA, commitment, code matching, plain
+    reconstruction); ``dcid``: + CLUB and cross-modal CPC (CMG's full model); ``fcid``: the
+    fine/coarse variant of Huang et al. Optimisation (epochs, lr, batch size, seed, device) comes
+    from the ``train`` section, the paired data from ``data`` (``features`` are .npz sequences).
+    """
+
+    method: Literal["cmg", "dcid", "fcid"] | None = None
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    disentangle: DisentangleConfig = field(default_factory=DisentangleConfig)
+    fcid: FCIDConfig = field(default_factory=FCIDConfig)
+    toc: TOCConfig = field(default_factory=TOCConfig)

@@ -35,6 +35,16 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / cfg.name
+    if cfg.codebook.method is not None:  # discrete unified representations (modalign.quantize)
+        from modalign.errors import ConfigError
+        from modalign.quantize.trainer import fit_codebook
+
+        if args.resume:
+            raise ConfigError("--resume: codebook runs (codebook.method set) start from scratch")
+
+        summary = fit_codebook(cfg, out)
+        print(json.dumps({"run_dir": str(out), **{k: round(v, 4) for k, v in summary.items()}}))
+        return 0
     metrics = fit(cfg, out, resume=args.resume)
     if not metrics:  # not the first of several processes: it prints the result
         return 0
