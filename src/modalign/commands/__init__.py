@@ -18,26 +18,35 @@ def add_override_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_features_option(parser: argparse.ArgumentParser) -> None:
-    """``--features MODALITY=FILE`` (repeatable), for modalities that take feature files."""
+def add_features_option(
+    parser: argparse.ArgumentParser,
+    help: str = "feature file (.npy or .safetensors) of a modality that takes features",
+) -> None:
+    """``--features MODALITY=FILE`` (repeatable), collected in ``args.features``."""
     parser.add_argument(
         "--features",
         action="append",
         default=[],
         metavar="MODALITY=FILE",
-        help="feature file (.npy or .safetensors) of a modality that takes features (repeatable)",
+        help=help + " (repeatable)",
     )
 
 
-def open_feature_files(items: list[str]) -> dict[str, Any]:
-    """The ``--features`` values opened as ``FeatureStore`` objects by modality."""
+def feature_paths(items: list[str], defaults: dict[str, str] | None = None) -> dict[str, str]:
+    """``--features`` values as modality -> path, over ``defaults``."""
     from modalign.errors import ConfigError
-    from modalign.features.store import FeatureStore
 
-    stores = {}
+    out = dict(defaults or {})
     for item in items:
         modality, sep, path = item.partition("=")
         if not sep or not modality or not path:
             raise ConfigError(f"--features {item!r} is not of the form MODALITY=FILE")
-        stores[modality] = FeatureStore.open(path)
-    return stores
+        out[modality] = path
+    return out
+
+
+def open_feature_files(items: list[str]) -> dict[str, Any]:
+    """The ``--features`` values opened as ``FeatureStore`` objects by modality."""
+    from modalign.features.store import FeatureStore
+
+    return {m: FeatureStore.open(path) for m, path in feature_paths(items).items()}

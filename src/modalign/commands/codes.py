@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from modalign.commands import add_features_option, feature_paths
 from modalign.errors import ConfigError
 
 
@@ -21,30 +22,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("run_dir", type=Path, help="a codebook run folder")
     p.add_argument("--manifest", type=Path, required=True, help="manifest whose cells are item ids")
     p.add_argument("--out", type=Path, required=True, help="output .npz")
-    add_features_option(p)
+    add_features_option(p, "sequence file of a modality (default: the run's data.features)")
     p.set_defaults(run=run)
-
-
-def add_features_option(p: argparse.ArgumentParser) -> None:
-    """``--features MODALITY=PATH`` (repeatable): the .npz sequences the manifest's ids index."""
-    p.add_argument(
-        "--features",
-        action="append",
-        default=[],
-        metavar="MODALITY=PATH",
-        help="sequence file of a modality (default: the run's data.features)",
-    )
-
-
-def feature_paths(pairs: list[str], defaults: dict[str, str]) -> dict[str, str]:
-    """Merge ``MODALITY=PATH`` options over the run's own feature files."""
-    out = dict(defaults)
-    for item in pairs:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"--features {item!r}: expected MODALITY=PATH")
-        out[name] = path
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

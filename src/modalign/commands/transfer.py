@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modalign.commands.codes import add_features_option, feature_paths
+from modalign.commands import add_features_option, feature_paths
 
 
 def add_parser(subparsers: Any) -> None:
@@ -26,7 +26,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--train-modality", required=True, help="modality A")
     p.add_argument("--test-modality", required=True, help="modality B")
-    add_features_option(p)
+    add_features_option(p, "sequence file of a modality (default: the run's data.features)")
     p.add_argument(
         "--toc", action="store_true", help="use only the dimensions kept by `codebook toc`"
     )

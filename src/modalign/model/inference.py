@@ -73,13 +73,13 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[Config, Aligner, Paire
         raise DataError(f"{run_dir}: not a run folder (no config.yaml)")
     cfg = load_config(config_path)
     parts = build_parts(cfg)
-    weights = _run_weights(run_dir, which)
-    _check_shapes(weights, parts.model.state_dict(), run_dir)
+    path, weights = _run_weights(run_dir, which)
+    _check_shapes(weights, parts.model.state_dict(), path)
     parts.model.load_state_dict(weights)
     return cfg, parts.model, parts.data
 
 
-def _run_weights(run_dir: Path, which: str) -> dict[str, torch.Tensor]:
+def _run_weights(run_dir: Path, which: str) -> tuple[Path, dict[str, torch.Tensor]]:
     """The ``best`` weights of a finished run from ``model.safetensors`` (tensors only), else
     from the ``best.pt``/``last.pt`` checkpoint."""
     from modalign.model.load import WEIGHTS_FILE
@@ -88,13 +88,13 @@ def _run_weights(run_dir: Path, which: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(run_dir / WEIGHTS_FILE))
+            return run_dir / WEIGHTS_FILE, load_file(str(run_dir / WEIGHTS_FILE))
         except Exception as err:  # safetensors raises its own error type for damaged files
             raise DataError(f"{run_dir / WEIGHTS_FILE}: unreadable weights ({err})") from None
     ckpt_path = run_dir / f"{which}.pt"
     if not ckpt_path.exists():
         ckpt_path = run_dir / "last.pt"
-    return dict(load_checkpoint(ckpt_path)["model"])
+    return ckpt_path, dict(load_checkpoint(ckpt_path)["model"])
 
 
 def _check_shapes(
