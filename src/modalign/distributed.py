@@ -101,6 +101,16 @@ def init_from_env(backend: str | None = None) -> bool:
     return is_distributed()
 
 
+def barrier() -> None:
+    """Wait until every process gets here; nothing on a single process.
+
+    Example:
+        >>> barrier()
+    """
+    if is_distributed():
+        dist.barrier()
+
+
 def shutdown() -> None:
     """Wait for every process, then destroy the process group (if one is running).
 

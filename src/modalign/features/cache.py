@@ -26,6 +26,21 @@ def digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def file_key(path: Path) -> str:
+    """The cache key of a file: its resolved path, size and modification time.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "a.txt"
+        >>> _ = p.write_text("x")
+        >>> file_key(p) == file_key(p.parent / "." / "a.txt")
+        True
+    """
+    path = path.resolve()
+    stat = path.stat()  # OSError when missing: callers name the manifest cell
+    return digest(f"file\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}")
+
+
 class FeatureCache:
     """Append-only shards of (item key, feature row) for one encoder configuration."""
 

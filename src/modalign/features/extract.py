@@ -43,7 +43,7 @@ from modalign.data.manifest import Manifest
 from modalign.encoders.base import Encoder
 from modalign.encoders.common import ItemSkipped
 from modalign.errors import ConfigError, DataError
-from modalign.features.cache import FeatureCache, digest
+from modalign.features.cache import FeatureCache, digest, file_key
 from modalign.features.store import write_features
 
 log = logging.getLogger(__name__)
@@ -120,11 +120,10 @@ def item_keys(
     for cell in cells:
         path = resolve(cell).resolve()
         try:
-            stat = path.stat()
+            keys.append(file_key(path))
         except OSError:
             raise DataError(f"file {str(path)!r} (manifest cell {cell!r}) not found") from None
         sources.append(str(path))
-        keys.append(digest(f"file\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}"))
     return sources, keys
 
 
