@@ -126,7 +126,9 @@ def test_augment_logmel_against_hand_checks() -> None:
         ratio = power_ratio[b]
         torch.testing.assert_close(ratio, ratio.mean().expand_as(ratio), rtol=1e-3, atol=0)
         assert 10**-0.6 <= ratio.mean() <= 10**0.6
-    out, _ = augment_logmel(x, valid, FrameAugment(time_masks=1, time_width=5, freq_masks=1, freq_width=3), g)
+    out, _ = augment_logmel(
+        x, valid, FrameAugment(time_masks=1, time_width=5, freq_masks=1, freq_width=3), g
+    )
     for b in range(3):  # masked entries hold the clip's mean; at most 5 frames and 3 bands
         changed = out[b, :, : valid[b]] != x[b, :, : valid[b]]
         assert changed.any(0).sum() <= 5 + 40 and changed.any(1).sum() <= 3 + 10

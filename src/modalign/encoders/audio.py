@@ -212,7 +212,9 @@ class FrameAugment:
                 )
         aug = cls(**{**options, "speed": tuple(options.get("speed", (1.0, 1.0)))})
         if len(aug.speed) != 2 or not 0 < aug.speed[0] <= aug.speed[1]:
-            raise ConfigError(f"audio augment: speed {list(aug.speed)} must be [low, high], 0 < low <= high")
+            raise ConfigError(
+                f"audio augment: speed {list(aug.speed)} must be [low, high], 0 < low <= high"
+            )
         return aug
 
 
@@ -259,7 +261,10 @@ def augment_logmel(
         else:
             x = x.clone()
         fill = x.mean()
-        for axis, count, width in ((0, aug.freq_masks, aug.freq_width), (1, aug.time_masks, aug.time_width)):
+        for axis, count, width in (
+            (0, aug.freq_masks, aug.freq_width),
+            (1, aug.time_masks, aug.time_width),
+        ):
             for _ in range(count):
                 span = randint(min(width, x.shape[axis]) + 1)
                 start = randint(x.shape[axis] - span + 1)

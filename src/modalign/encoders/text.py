@@ -81,6 +81,9 @@ class SentenceTransformerEncoder(Encoder):
     def load(self, cell: str) -> str:
         return cell
 
+    def item_length(self, cell: str) -> int:
+        return len(cell)  # what SentenceTransformer.encode sorts by
+
     def collate(self, items: Sequence[Any]) -> dict[str, Any]:
         # sentence-transformers >= 6 names it ``preprocess``; older versions ``tokenize``
         tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize
