@@ -30,11 +30,49 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WORDS = (
-    "the a of sample protein cell measured signal under light model small large river stone "
-    "bright cold during after observed reaction between two three layers surface energy grows "
-    "slowly quickly field pattern structure thin dense water metal glass forms changes shows"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "sample",
+    "protein",
+    "cell",
+    "measured",
+    "signal",
+    "under",
+    "light",
+    "model",
+    "small",
+    "large",
+    "river",
+    "stone",
+    "bright",
+    "cold",
+    "during",
+    "after",
+    "observed",
+    "reaction",
+    "between",
+    "two",
+    "three",
+    "layers",
+    "surface",
+    "energy",
+    "grows",
+    "slowly",
+    "quickly",
+    "field",
+    "pattern",
+    "structure",
+    "thin",
+    "dense",
+    "water",
+    "metal",
+    "glass",
+    "forms",
+    "changes",
+    "shows",
+]
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -74,7 +112,9 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[str]:
     return paths
 
 
-def run_modalign(encoder: torch.nn.Module, modality: str, cells: list[str], folder: Path) -> np.ndarray:
+def run_modalign(
+    encoder: torch.nn.Module, modality: str, cells: list[str], folder: Path
+) -> np.ndarray:
     """``embed_manifest`` over a one-column manifest, into a fresh cache: (N, D) in cell order."""
     import pandas as pd
 
@@ -102,7 +142,10 @@ def plain_images(encoder: torch.nn.Module, paths: list[str], batch_size: int = 3
     with torch.inference_mode():
         for start in range(0, len(paths), batch_size):
             batch = torch.stack(
-                [image_to_tensor(open_image(p), 224, (0.5,) * 3, (0.5,) * 3) for p in paths[start : start + batch_size]]
+                [
+                    image_to_tensor(open_image(p), 224, (0.5,) * 3, (0.5,) * 3)
+                    for p in paths[start : start + batch_size]
+                ]
             )  # (B, 3, 224, 224)
             maps = encoder.net.extract_features(batch.contiguous(memory_format=torch.channels_last))
             out.append(maps.mean(dim=(2, 3)).numpy())
@@ -118,7 +161,17 @@ def compare(name: str, n: int, methods: dict[str, Callable[[], np.ndarray]], rep
             start = time.perf_counter()
             results[method] = fn()
             rates[method].append(n / (time.perf_counter() - start))
-            print(json.dumps({"modality": name, "method": method, "repeat": repeat, "items_per_s": round(rates[method][-1], 1)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "modality": name,
+                        "method": method,
+                        "repeat": repeat,
+                        "items_per_s": round(rates[method][-1], 1),
+                    }
+                ),
+                flush=True,
+            )
     ratios = [a / b for a, b in zip(rates["modalign"], rates["plain"], strict=True)]
     summary = {
         "modality": name,
@@ -148,14 +201,20 @@ def main() -> None:
 
         text_enc = SentenceTransformerEncoder("text")
         texts = make_texts(args.texts)
-        methods = {"modalign": lambda: run_modalign(text_enc, "text", texts, folder), "plain": lambda: plain_text(text_enc, texts)}
+        methods = {
+            "modalign": lambda: run_modalign(text_enc, "text", texts, folder),
+            "plain": lambda: plain_text(text_enc, texts),
+        }
         compare("text", len(texts), methods, args.repeats)
     if args.images:
         from modalign.encoders.image import EfficientNetLite0Encoder
 
         image_enc = EfficientNetLite0Encoder("image").eval()
         paths = make_images(folder / "images", args.images)
-        methods = {"modalign": lambda: run_modalign(image_enc, "image", paths, folder), "plain": lambda: plain_images(image_enc, paths)}
+        methods = {
+            "modalign": lambda: run_modalign(image_enc, "image", paths, folder),
+            "plain": lambda: plain_images(image_enc, paths),
+        }
         compare("image", len(paths), methods, args.repeats)
 
 

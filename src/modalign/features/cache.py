@@ -54,11 +54,20 @@ class FeatureCache:
 
     def read(self) -> dict[str, np.ndarray]:
         """Item key -> feature row, from every complete shard."""
+        return self._load(with_rows=True)
+
+    def keys(self) -> set[str]:
+        """The item keys of every complete shard (their rows are not read)."""
+        return set(self._load(with_rows=False))
+
+    def _load(self, with_rows: bool) -> dict[str, np.ndarray]:
         rows: dict[str, np.ndarray] = {}
         for shard in sorted(self.folder.glob("shard-*.npz")):
             try:
-                with np.load(shard, allow_pickle=False) as data:
-                    rows.update(zip(data["keys"].tolist(), data["features"], strict=True))
+                with np.load(shard, allow_pickle=False) as data:  # members load on access
+                    keys = data["keys"].tolist()
+                    values = data["features"] if with_rows else np.empty((len(keys), 0))
+                    rows.update(zip(keys, values, strict=True))
             except (
                 OSError,
                 ValueError,

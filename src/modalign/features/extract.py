@@ -153,8 +153,8 @@ def plan_batches(
 class _ShardWriter:
     """Collects computed rows and writes them to the cache every ``shard_size`` items."""
 
-    def __init__(self, cache: FeatureCache, rows: dict[str, np.ndarray], shard_size: int) -> None:
-        self.cache, self.rows, self.shard_size = cache, rows, shard_size
+    def __init__(self, cache: FeatureCache, shard_size: int) -> None:
+        self.cache, self.shard_size = cache, shard_size
         self.keys: list[str] = []
         self.values: list[np.ndarray] = []
 
@@ -167,7 +167,6 @@ class _ShardWriter:
     def flush(self) -> None:
         if self.keys:
             self.cache.write(self.keys, np.stack(self.values))
-            self.rows.update(zip(self.keys, self.values, strict=True))
             self.keys, self.values = [], []
 
 
@@ -188,7 +187,7 @@ def _compute(
     encoder: Encoder,
     sources: Sequence[str],
     keys: Sequence[str],
-    batches: Sequence[Sequence[int]],
+    batches: list[list[int]],
     writer: _ShardWriter,
     num_workers: int | None,
     progress: bool,
@@ -236,27 +235,37 @@ def embed_cells(
 ) -> tuple[list[str], np.ndarray, int, dict[str, int]]:
     """Features of distinct ``cells`` through the cache: (ids kept, (N, D) rows, n_cached, skipped).
 
-    Under ``torchrun`` every process takes every ``world_size``-th batch of the missing items,
-    writes its own cache shards, and all read the complete cache after a barrier.
-    ``batch_size`` defaults to the encoder's ``preferred_batch_size``.
+    Under ``torchrun`` every process takes every ``world_size``-th batch of the missing items and
+    writes its own cache shards; after a barrier the first process reads the whole cache, the
+    others get the ids and a (0, D) array (they write nothing). ``batch_size`` defaults to the
+    encoder's ``preferred_batch_size``.
     """
     sources, keys = item_keys(cells, encoder, resolve)
     distributed.barrier()  # nobody lists the cache while another process is already filling it
-    rows = cache.read()
-    todo = [i for i, k in enumerate(keys) if k not in rows]
+    done = cache.keys()
+    todo = [i for i, k in enumerate(keys) if k not in done]
     batches = plan_batches(todo, sources, encoder, batch_size or encoder.preferred_batch_size)
     mine = batches[distributed.rank() :: distributed.world_size()]
-    writer = _ShardWriter(cache, rows, shard_size)
     skipped, error = {}, None
     try:
         bar = progress and distributed.rank() == 0
+        writer = _ShardWriter(cache, shard_size)
         skipped = _compute(encoder, sources, keys, mine, writer, num_workers, bar, skip_unreadable)
     except DataError as err:
         if not distributed.is_distributed():
             raise
         error = str(err)  # raised below on every process, so that none waits for it forever
-    if distributed.is_distributed():
-        skipped, rows = _merge_processes(skipped, error, cache)
+    skipped = _merge_processes(skipped, error)
+    if distributed.rank() != 0:
+        done = cache.keys()
+        kept = [i for i, k in enumerate(keys) if k in done]
+        return (
+            [cells[i] for i in kept],
+            np.zeros((0, encoder.output_dim), np.float32),
+            len(cells) - len(todo),
+            skipped,
+        )
+    rows = cache.read()
     kept = [i for i, k in enumerate(keys) if k in rows]
     array = (
         np.stack([rows[keys[i]] for i in kept])
@@ -266,10 +275,9 @@ def embed_cells(
     return [cells[i] for i in kept], array, len(cells) - len(todo), skipped
 
 
-def _merge_processes(
-    skipped: dict[str, int], error: str | None, cache: FeatureCache
-) -> tuple[dict[str, int], dict[str, np.ndarray]]:
-    """After every process has computed its share: summed skip counts and the whole cache."""
+def _merge_processes(skipped: dict[str, int], error: str | None) -> dict[str, int]:
+    """Once every process has computed its share: skip counts summed, any process's error raised."""
+    distributed.barrier()  # every process's shards are on disk
     reports = distributed.all_gather_objects((skipped, error))
     errors = [e for _, e in reports if e is not None]
     if errors:
@@ -278,7 +286,7 @@ def _merge_processes(
     for counts, _ in reports:
         for reason, n in counts.items():
             total[reason] = total.get(reason, 0) + n
-    return total, cache.read()
+    return total
 
 
 def embed_manifest(

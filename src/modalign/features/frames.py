@@ -150,6 +150,10 @@ class FrameCache:
             np.save(f, np.concatenate([np.asarray(x, dtype=np.float32) for x in frames]))
         with atomic_path(self.folder / f"{stem}.index.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, keys=np.asarray(keys, dtype=str), offsets=offsets)
+        shard, self._arrays = len(self._shards), None  # readable at once, from this process too
+        self._shards.append(self.folder / f"{stem}.frames.npy")
+        for i, key in enumerate(keys):
+            self._where[key] = (shard, int(offsets[i]), int(offsets[i + 1]))
 
     def __getstate__(self) -> dict[str, Any]:
         # a memory map must not be pickled (that copies it whole): workers reopen their own
