@@ -241,6 +241,21 @@ def augment_logmel(
         >>> x.shape, v.tolist()
         (torch.Size([2, 4, 5]), [5, 3])
     """
+    clips = [
+        _augment_clip(logmel[b, :, : int(valid[b])], aug, generator, eps)  # (M, T_b')
+        for b in range(logmel.shape[0])
+    ]
+    lengths = torch.tensor([c.shape[1] for c in clips], dtype=torch.int64, device=logmel.device)
+    out = logmel.new_zeros(logmel.shape[0], logmel.shape[1], int(lengths.max()))  # (B, M, T')
+    for b, c in enumerate(clips):
+        out[b, :, : c.shape[1]] = c
+    return out, lengths
+
+
+def _augment_clip(
+    x: torch.Tensor, aug: FrameAugment, generator: torch.Generator, eps: float
+) -> torch.Tensor:
+    """One clip's (M, T) valid log-mels, stretched, gained and masked: (M, T')."""
 
     def uniform(low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=generator))
@@ -248,33 +263,23 @@ def augment_logmel(
     def randint(high: int) -> int:  # uniform in [0, high)
         return int(torch.randint(max(1, high), (), generator=generator))
 
-    clips = []
-    for b in range(logmel.shape[0]):
-        x = logmel[b, :, : int(valid[b])]  # (M, T_b)
-        rate = uniform(*aug.speed)
-        if rate != 1.0:
-            size = max(1, round(x.shape[1] / rate))
-            x = F.interpolate(x[None], size=size, mode="linear", align_corners=True)[0]
-        if aug.gain_db:
-            gain = 10.0 ** (uniform(-aug.gain_db, aug.gain_db) / 10.0)  # on power
-            x = torch.log((x.exp() - eps).clamp_min(0.0) * gain + eps)
-        else:
-            x = x.clone()
-        fill = x.mean()
-        for axis, count, width in (
-            (0, aug.freq_masks, aug.freq_width),
-            (1, aug.time_masks, aug.time_width),
-        ):
-            for _ in range(count):
-                span = randint(min(width, x.shape[axis]) + 1)
-                start = randint(x.shape[axis] - span + 1)
-                x.narrow(axis, start, span).fill_(fill)
-        clips.append(x)
-    lengths = torch.tensor([c.shape[1] for c in clips], dtype=torch.int64, device=logmel.device)
-    out = logmel.new_zeros(logmel.shape[0], logmel.shape[1], int(lengths.max()))  # (B, M, T')
-    for b, c in enumerate(clips):
-        out[b, :, : c.shape[1]] = c
-    return out, lengths
+    rate = uniform(*aug.speed)
+    if rate != 1.0:
+        size = max(1, round(x.shape[1] / rate))
+        x = F.interpolate(x[None], size=size, mode="linear", align_corners=True)[0]
+    if aug.gain_db:
+        gain = 10.0 ** (uniform(-aug.gain_db, aug.gain_db) / 10.0)  # on power
+        x = torch.log((x.exp() - eps).clamp_min(0.0) * gain + eps)
+    else:
+        x = x.clone()
+    fill = x.mean()
+    masks = ((0, aug.freq_masks, aug.freq_width), (1, aug.time_masks, aug.time_width))
+    for axis, count, width in masks:
+        for _ in range(count):
+            span = randint(min(width, x.shape[axis]) + 1)
+            start = randint(x.shape[axis] - span + 1)
+            x.narrow(axis, start, span).fill_(fill)
+    return x
 
 
 class AudioFileEncoder(Encoder):
@@ -420,6 +425,8 @@ class ConvAudioEncoder(AudioFileEncoder):
 
     Log-mel bands are the input channels; each block halves the time axis. The log-mels are
     standardised per band over each clip (instance normalisation), so loudness does not dominate.
+    ``augment`` (a mapping of :class:`FrameAugment` fields; None: off) augments the log-mels of
+    each training batch; training reads them from the frame cache (``data.frame_cache``).
 
     Example:
         >>> enc = ConvAudioEncoder("sound", n_mels=16, channels=(8, 8), output_dim=12)
