@@ -43,6 +43,8 @@ class SentenceTransformerEncoder(Encoder):
 
     input_kind = "raw"
     reads_files = False
+    #: ``SentenceTransformer.encode``'s default; texts come length-sorted, so batches pad little
+    preferred_batch_size = 32
 
     def __init__(
         self,
