@@ -42,7 +42,8 @@ def write_clips(folder: Path, n: int, seed: int = 0) -> Path:
         sr = 44100
         t = np.arange(int(sr * rng.uniform(1.0, 3.0))) / sr
         wave = np.sin(2 * np.pi * rng.uniform(100, 2000) * t) + 0.3 * rng.standard_normal(len(t))
-        sf.write(folder / f"clip{i:05d}.ogg", (0.3 * wave).astype(np.float32), sr)
+        if not (folder / f"clip{i:05d}.ogg").exists():  # a smaller run reuses a larger one's clips
+            sf.write(folder / f"clip{i:05d}.ogg", (0.3 * wave).astype(np.float32), sr)
         rows.append(f"r{i},clip{i:05d}.ogg,t{i}")
     text = rng.standard_normal((n, 32)).astype(np.float32)
     write_features(folder / f"text-{n}.npy", [f"t{i}" for i in range(n)], text)
@@ -72,6 +73,12 @@ def make_trainer(manifest: Path, frame_cache: str, run_dir: Path, workers: int) 
     return Trainer(cfg, run_dir)
 
 
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=6000)
@@ -79,8 +86,15 @@ def main() -> None:
     p.add_argument(
         "--workers", type=int, default=0, help="train.num_workers (default 0, as in a config)"
     )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     p.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "modalign-bench-audio"))
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     folder = Path(args.folder)
     manifest = write_clips(folder, args.clips)
     runs = Path(tempfile.mkdtemp(prefix="bench-audio-runs-"))
@@ -112,6 +126,7 @@ def main() -> None:
                 "ratio_spread": [round(min(ratios), 2), round(max(ratios), 2)],
                 "fill_s": round(fill_s, 1),
                 "workers": args.workers,
+                "threads": _threads(),
                 "load_avg": [round(x, 2) for x in os.getloadavg()],
             }
         )
