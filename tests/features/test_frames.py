@@ -11,7 +11,7 @@ import torch
 
 from modalign.config import load_config
 from modalign.encoders.audio import ConvAudioEncoder, FrameAugment, augment_logmel
-from modalign.errors import ConfigError
+from modalign.errors import ConfigError, DataError
 from modalign.features.frames import FrameCache, attach_frame_cache, fill_frame_cache
 from modalign.features.store import write_features
 from modalign.pipeline import build_parts
@@ -63,6 +63,13 @@ def test_frames_are_decoded_once_and_again_when_a_file_changes(tmp_path: Path) -
     assert enc.load(paths[1]).shape == (24, 1 + 1600 // 160)  # decoded on the fly meanwhile
     assert fill_frame_cache(enc, paths, cache, num_workers=1, progress=False) == 1
     np.testing.assert_array_equal(cache.lookup(paths[1]), enc.decode_frames(paths[1]))
+
+
+def test_an_unreadable_clip_is_named(tmp_path: Path) -> None:
+    paths = write_clips(tmp_path, n=3)
+    Path(paths[2]).write_bytes(b"not audio")
+    with pytest.raises(DataError, match=r"c2\.wav"):
+        attach_frame_cache(small_encoder(), paths, tmp_path / "f", num_workers=0, progress=False)
 
 
 def test_a_torn_shard_is_never_read(tmp_path: Path) -> None:

@@ -204,31 +204,53 @@ def fill_frame_cache(
     cache.refresh()
     missing = [p for p in resolved if file_key(Path(p)) not in cache]
     mine = missing[distributed.rank() :: distributed.world_size()]
-    if mine:
-        workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
-        loader = torch.utils.data.DataLoader(
-            _DecodeDataset(encoder, mine),
-            batch_size=None,
-            num_workers=workers,
-            worker_init_fn=_one_thread if workers else None,
-        )
-        keys: list[str] = []
-        frames: list[np.ndarray] = []
-        desc = f"frames {encoder.modality} (once)"
-        for i, item in tqdm(loader, total=len(mine), desc=desc, disable=not progress):
-            if isinstance(item, str):
-                raise DataError(item)
-            keys.append(file_key(Path(mine[i])))
-            frames.append(np.asarray(item))
-            if len(keys) >= shard_size:
-                cache.write(keys, frames)
-                keys, frames = [], []
-        if keys:
-            cache.write(keys, frames)
+    error = None
+    try:
+        _decode_into(encoder, mine, cache, num_workers, shard_size, progress)
+    except DataError as err:
+        if not distributed.is_distributed():
+            raise
+        error = str(err)  # raised below on every process, so that none waits for it forever
     distributed.barrier()  # every process's shards are on disk before anyone reads them
+    errors = [e for e in distributed.all_gather_objects(error) if e is not None]
+    if errors:
+        raise DataError(errors[0])
     if missing:
         cache.refresh()
     return len(mine)
+
+
+def _decode_into(
+    encoder: FrameEncoder,
+    paths: Sequence[str],
+    cache: FrameCache,
+    num_workers: int | None,
+    shard_size: int,
+    progress: bool,
+) -> None:
+    """Decode ``paths`` in DataLoader workers into shards of ``cache``."""
+    if not paths:
+        return
+    workers = min(2, os.cpu_count() or 1) if num_workers is None else num_workers
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(encoder, paths),
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_one_thread if workers else None,
+    )
+    keys: list[str] = []
+    frames: list[np.ndarray] = []
+    desc = f"frames {encoder.modality} (once)"
+    for i, item in tqdm(loader, total=len(paths), desc=desc, disable=not progress):
+        if isinstance(item, str):
+            raise DataError(item)
+        keys.append(file_key(Path(paths[i])))
+        frames.append(np.asarray(item))
+        if len(keys) >= shard_size:
+            cache.write(keys, frames)
+            keys, frames = [], []
+    if keys:
+        cache.write(keys, frames)
 
 
 def attach_frame_cache(
