@@ -80,6 +80,9 @@ class DataConfig:
 
     ``features`` maps a modality to a feature file (.npy with .ids.json, or .safetensors) whose
     ids are the manifest's cells. ``modalities`` defaults to every modality column.
+    ``frame_cache`` is the folder where raw encoders with a fixed front end (``audio_conv``) keep
+    their decoded frames between epochs and runs ("auto": ``~/.cache/modalign/frames``, or
+    ``$MODALIGN_CACHE_DIR/frames``; null: decode every file every epoch).
     """
 
     manifest: str = ""
@@ -91,6 +94,7 @@ class DataConfig:
     split_seed: int = 0
     skip_bad_rows: bool = False
     min_rows: int = 8
+    frame_cache: str | None = "auto"
 
     def __post_init__(self) -> None:
         fr = self.split_fractions
@@ -466,6 +470,9 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
         cfg.data,
         manifest=anchor(cfg.data.manifest),
         features={k: anchor(v) for k, v in cfg.data.features.items()},
+        frame_cache=cfg.data.frame_cache
+        if cfg.data.frame_cache in (None, "auto")
+        else anchor(cfg.data.frame_cache),
     )
     return dataclasses.replace(cfg, data=data)
 

@@ -101,6 +101,30 @@ def init_from_env(backend: str | None = None) -> bool:
     return is_distributed()
 
 
+def barrier() -> None:
+    """Wait until every process gets here; nothing on a single process.
+
+    Example:
+        >>> barrier()
+    """
+    if is_distributed():
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every process's picklable ``obj`` in rank order (``[obj]`` on a single process).
+
+    Example:
+        >>> all_gather_objects({"skipped": 2})
+        [{'skipped': 2}]
+    """
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def shutdown() -> None:
     """Wait for every process, then destroy the process group (if one is running).
 

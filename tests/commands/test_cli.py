@@ -93,7 +93,10 @@ def test_eval_of_a_run_whose_features_changed_width(
     capsys.readouterr()
     assert main(["eval", str(run)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model.safetensors: weights do not fit the model its config builds" in err[0]
+    assert (
+        len(err) == 1
+        and "model.safetensors: weights do not fit the model its config builds" in err[0]
+    )
 
 
 @pytest.mark.parametrize("config", ["synthetic.yaml", "synthetic-smoke.yaml"])

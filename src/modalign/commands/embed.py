@@ -9,6 +9,10 @@ Two ways to say what to embed::
 With a config, every modality whose ``model.encoders`` entry is a raw, frozen encoder is embedded
 into ``data.features[modality]`` (default ``OUT_DIR/<modality>.npy``); ``--encoder`` adds to or
 replaces those entries.
+
+On several processes (``torchrun --nproc-per-node=N -m modalign embed ...``, or ``--nnodes``
+with a shared cache folder) each process computes every N-th batch into the shared cache and the
+first one writes the stores, identical to a single process's.
 """
 
 from __future__ import annotations
@@ -50,7 +54,12 @@ def add_parser(subparsers: Any) -> None:
         "--out-dir", default="features", help="folder for feature files not named by data.features"
     )
     p.add_argument("--cache-dir", help="cache folder (default OUT_DIR/cache)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="items per forward pass (default: each encoder's preferred size)",
+    )
     p.add_argument(
         "--shard-size",
         type=int,
@@ -112,6 +121,16 @@ def _plan(
 
 
 def run(args: argparse.Namespace) -> int:
+    from modalign import distributed
+
+    distributed.init_from_env()  # under torchrun: each process embeds a share of the batches
+    try:
+        return _run(args, distributed.rank() == 0)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args: argparse.Namespace, main: bool) -> int:
     from modalign.data.manifest import read_manifest
     from modalign.encoders import ENCODERS, build_encoder
     from modalign.features.extract import embed_manifest
@@ -145,6 +164,12 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         skip_unreadable=args.skip_unreadable,
     )
+    if main:
+        _print_results(results)
+    return 0
+
+
+def _print_results(results: dict[str, Any]) -> None:
     print(
         f"{'modality':<14}{'items':>7}{'cached':>8}{'computed':>10}{'skipped':>9}{'seconds':>9}  path"
     )
@@ -155,4 +180,3 @@ def run(args: argparse.Namespace) -> int:
         )
         for reason, count in r.skipped.items():
             print(f"  {m}: skipped {count} item(s): {reason}")
-    return 0

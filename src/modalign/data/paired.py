@@ -20,6 +20,7 @@ from modalign.config import DataConfig
 from modalign.data.manifest import Manifest, assign_splits
 from modalign.encoders import Encoder
 from modalign.errors import DataError
+from modalign.features.frames import FrameEncoder, attach_frame_cache
 from modalign.features.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,17 @@ class PairedData:
         if bad:
             log.warning("%s", self.skipped.summary())
         self._check_sizes(cfg.min_rows)
+        if cfg.frame_cache is not None:
+            self._attach_frame_caches(None if cfg.frame_cache == "auto" else cfg.frame_cache)
+
+    def _attach_frame_caches(self, root: str | None) -> None:
+        """Decode once the files of encoders with a fixed front end; ``load`` then reads frames."""
+        for m, enc in self.encoders.items():
+            if m in self.stores or not enc.reads_files or not isinstance(enc, FrameEncoder):
+                continue
+            rows = np.flatnonzero(self.present[m] & self.keep)
+            paths = [self.manifest.resolve(self.keys[m][r]) for r in rows]
+            attach_frame_cache(enc, paths, root)
 
     def _find_bad_rows(self) -> dict[int, str]:
         bad: dict[int, str] = {}

@@ -21,18 +21,23 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from modalign import distributed
 from modalign.encoders.base import ENCODERS, Encoder
 from modalign.encoders.common import require
-from modalign.errors import DataError
+from modalign.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from modalign.features.frames import FrameCache
 
 
 def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
@@ -153,6 +158,17 @@ def resample(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
     return resample_poly(wave, target_rate // g, orig_rate // g).astype(np.float32)
 
 
+def resampler_name() -> str:
+    """Which resampler :func:`resample` uses here (its output, and so cached frames, depend on it)."""
+    if importlib.util.find_spec("soxr") is not None:
+        import soxr
+
+        return f"soxr-HQ-{getattr(soxr, '__version__', '?')}"
+    import scipy
+
+    return f"scipy-resample_poly-{scipy.__version__}"
+
+
 def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
     """Decode WAV/OGG/FLAC with soundfile, mix to mono, resample; crop to ``max_seconds``: (T,)."""
     sf = require("soundfile")
@@ -170,10 +186,125 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
     return wave
 
 
+@dataclass(frozen=True)
+class FrameAugment:
+    """On-the-fly augmentation of log-mel frames while training (SpecAugment-style, plus gain and speed).
+
+    Each clip draws, from a generator seeded with ``seed`` (plus the process's rank): a speed
+    factor uniform in ``speed`` (a time-stretch of its frames by linear interpolation: the
+    duration changes, the pitch does not), a gain uniform in +-``gain_db`` decibels (applied to
+    the mel power, exactly: the cached frames are ``log(mel + eps)``), then ``freq_masks`` bands
+    of up to ``freq_width`` mels and ``time_masks`` spans of up to ``time_width`` frames set to
+    the clip's mean log-mel. With per-band normalisation (``audio_conv``) a gain only changes
+    frames near the ``eps`` floor.
+
+    Example:
+        >>> FrameAugment.from_options({"time_masks": 1, "speed": [0.9, 1.1]}).speed
+        (0.9, 1.1)
+
+    References:
+        Park et al., 2019, "SpecAugment: A Simple Data Augmentation Method for Automatic Speech
+        Recognition" (time and frequency masking); Ko et al., 2015, "Audio Augmentation for
+        Speech Recognition" (speed perturbation).
+    """
+
+    time_masks: int = 2
+    time_width: int = 20
+    freq_masks: int = 2
+    freq_width: int = 8
+    gain_db: float = 0.0
+    speed: tuple[float, float] = (1.0, 1.0)
+    seed: int = 0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> FrameAugment:
+        """From an encoder's ``augment`` option; a ``ConfigError`` names an unknown key."""
+        known = {f.name for f in fields(cls)}
+        for key in options:
+            if key not in known:
+                raise ConfigError(
+                    f"audio augment: unknown key {key!r}; valid keys: {', '.join(sorted(known))}"
+                )
+        aug = cls(**{**options, "speed": tuple(options.get("speed", (1.0, 1.0)))})
+        if len(aug.speed) != 2 or not 0 < aug.speed[0] <= aug.speed[1]:
+            raise ConfigError(
+                f"audio augment: speed {list(aug.speed)} must be [low, high], 0 < low <= high"
+            )
+        return aug
+
+
+def augment_logmel(
+    logmel: torch.Tensor,
+    valid: torch.Tensor,
+    aug: FrameAugment,
+    generator: torch.Generator,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply :class:`FrameAugment` to each clip of a padded batch.
+
+    Args:
+        logmel: (B, M, T) natural-log mel power. valid: (B,) frames that belong to each clip.
+        aug: what to apply. generator: a CPU generator (the draws; seeded by the caller).
+        eps: the front end's floor, to apply a gain to ``log(mel + eps)`` exactly.
+
+    Returns:
+        The augmented (B, M, T') batch (zero padding) and its (B,) valid frame counts.
+
+    Example:
+        >>> x, v = augment_logmel(torch.zeros(2, 4, 10), torch.tensor([10, 6]),
+        ...                       FrameAugment(speed=(2.0, 2.0)), torch.Generator().manual_seed(0))
+        >>> x.shape, v.tolist()
+        (torch.Size([2, 4, 5]), [5, 3])
+    """
+    clips = [
+        _augment_clip(logmel[b, :, : int(valid[b])], aug, generator, eps)  # (M, T_b')
+        for b in range(logmel.shape[0])
+    ]
+    lengths = torch.tensor([c.shape[1] for c in clips], dtype=torch.int64, device=logmel.device)
+    out = logmel.new_zeros(logmel.shape[0], logmel.shape[1], int(lengths.max()))  # (B, M, T')
+    for b, c in enumerate(clips):
+        out[b, :, : c.shape[1]] = c
+    return out, lengths
+
+
+def _augment_clip(
+    x: torch.Tensor, aug: FrameAugment, generator: torch.Generator, eps: float
+) -> torch.Tensor:
+    """One clip's (M, T) valid log-mels, stretched, gained and masked: (M, T')."""
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=generator))
+
+    def randint(high: int) -> int:  # uniform in [0, high)
+        return int(torch.randint(max(1, high), (), generator=generator))
+
+    rate = uniform(*aug.speed)
+    if rate != 1.0:
+        size = max(1, round(x.shape[1] / rate))
+        x = F.interpolate(x[None], size=size, mode="linear", align_corners=True)[0]
+    if aug.gain_db:
+        gain = 10.0 ** (uniform(-aug.gain_db, aug.gain_db) / 10.0)  # on power
+        x = torch.log((x.exp() - eps).clamp_min(0.0) * gain + eps)
+    else:
+        x = x.clone()
+    fill = x.mean()
+    masks = ((0, aug.freq_masks, aug.freq_width), (1, aug.time_masks, aug.time_width))
+    for axis, count, width in masks:
+        for _ in range(count):
+            span = randint(min(width, x.shape[axis]) + 1)
+            start = randint(x.shape[axis] - span + 1)
+            x.narrow(axis, start, span).fill_(fill)
+    return x
+
+
 class AudioFileEncoder(Encoder):
     """Base of audio encoders: ``load`` decodes a clip, ``collate`` zero-pads a batch.
 
-    A batch is ``{"wave": (B, T_max) float, "lengths": (B,) int64}``.
+    A batch is ``{"wave": (B, T_max) float, "lengths": (B,) int64}``, or, once a frame cache is
+    attached (:func:`modalign.features.frames.attach_frame_cache`, which ``PairedData`` does for
+    training), ``{"logmel": (B, n_mels, T_max) float, "frames": (B,) int64}``: ``load`` then
+    reads a clip's log-mel frames from a memory map instead of decoding and resampling the file.
+    Both give the same outputs (the front end runs per clip instead of per batch).
     """
 
     input_kind = "raw"
@@ -195,11 +326,41 @@ class AudioFileEncoder(Encoder):
             int(n_mels),
         )
         self.front = LogMelSpectrogram(sample_rate=self.sample_rate, n_mels=self.n_mels)
+        self.frame_cache: FrameCache | None = None
+        self.augment: FrameAugment | None = None
+        self._augment_generator: torch.Generator | None = None
+
+    def frame_key(self) -> str:
+        """Identifies the front end's output (decoding, resampler, log-mel settings) for the frame cache."""
+        f = self.front
+        return f"logmel-v1:{self._prep_key()}:n_fft={f.n_fft}:hop={f.hop_length}:eps={f.eps}:{resampler_name()}"
+
+    def decode_frames(self, path: str) -> np.ndarray:
+        """Decode, resample and run the front end on one file: (frames, n_mels) float32."""
+        wave = torch.from_numpy(load_audio(path, self.sample_rate, self.max_seconds))
+        with torch.no_grad():
+            logmel = self.front(wave[None].to(self.front.filters.device))[0]  # (M, frames)
+        return logmel.T.contiguous().cpu().numpy()
+
+    def use_frames(self, cache: FrameCache | None) -> None:
+        """Make ``load`` return log-mel frames read from ``cache`` (None: decode waves again)."""
+        self.frame_cache = cache
 
     def load(self, cell: str) -> torch.Tensor:
-        return torch.from_numpy(load_audio(cell, self.sample_rate, self.max_seconds))
+        if self.frame_cache is None:
+            return torch.from_numpy(load_audio(cell, self.sample_rate, self.max_seconds))
+        frames = self.frame_cache.lookup(cell)  # (frames, M) view of a memory map, or None
+        if frames is None:  # a file added or changed since the cache was filled
+            frames = self.decode_frames(cell)
+        return torch.tensor(frames).T  # (M, frames)
 
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        if items[0].dim() == 2:  # log-mel frames from the frame cache: (M, frames) each
+            frames = torch.tensor([x.shape[1] for x in items], dtype=torch.int64)
+            logmel = torch.zeros(len(items), items[0].shape[0], int(frames.max()))
+            for i, x in enumerate(items):
+                logmel[i, :, : x.shape[1]] = x
+            return {"logmel": logmel, "frames": frames}
         lengths = torch.tensor([len(x) for x in items], dtype=torch.int64)
         wave = torch.zeros(len(items), int(lengths.max()))
         for i, x in enumerate(items):
@@ -207,10 +368,23 @@ class AudioFileEncoder(Encoder):
         return {"wave": wave, "lengths": lengths}
 
     def logmel_and_mask(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-mels (B, M, frames) and a float mask (B, 1, frames) of frames inside each clip."""
+        """Log-mels (B, M, frames) and a float mask (B, 1, frames) of frames inside each clip.
+
+        In training mode with ``augment`` set, the log-mels are augmented (:func:`augment_logmel`).
+        """
         device = self.front.filters.device
-        logmel = self.front(batch["wave"].to(device))
-        valid = self.front.frames(batch["lengths"].to(device))  # (B,)
+        if "logmel" in batch:
+            logmel, valid = batch["logmel"].to(device), batch["frames"].to(device)  # (B,)
+        else:
+            logmel = self.front(batch["wave"].to(device))
+            valid = self.front.frames(batch["lengths"].to(device))  # (B,)
+        if self.training and self.augment is not None:
+            if self._augment_generator is None:  # each process draws its own augmentations
+                seed = self.augment.seed + 1_000_003 * distributed.rank()
+                self._augment_generator = torch.Generator().manual_seed(seed)
+            logmel, valid = augment_logmel(
+                logmel, valid, self.augment, self._augment_generator, self.front.eps
+            )
         mask = (
             torch.arange(logmel.shape[-1], device=device)[None, :] < valid[:, None]
         )  # (B, frames)
@@ -266,6 +440,8 @@ class ConvAudioEncoder(AudioFileEncoder):
 
     Log-mel bands are the input channels; each block halves the time axis. The log-mels are
     standardised per band over each clip (instance normalisation), so loudness does not dominate.
+    ``augment`` (a mapping of :class:`FrameAugment` fields; None: off) augments the log-mels of
+    each training batch; training reads them from the frame cache (``data.frame_cache``).
 
     Example:
         >>> enc = ConvAudioEncoder("sound", n_mels=16, channels=(8, 8), output_dim=12)
@@ -284,8 +460,10 @@ class ConvAudioEncoder(AudioFileEncoder):
         output_dim: int = 256,
         dropout: float = 0.1,
         frozen: bool = False,
+        augment: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(modality, output_dim, frozen, sample_rate, max_seconds, n_mels)
+        self.augment = None if augment is None else FrameAugment.from_options(augment)
         blocks: list[nn.Module] = []
         width = n_mels
         for out in channels:

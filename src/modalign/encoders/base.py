@@ -45,6 +45,8 @@ class Encoder(nn.Module):
     #: Whether instances are frozen when the options do not say (``frozen``); lets a config tell,
     #: without loading weights, that a modality's features can come from a feature file.
     frozen_default: ClassVar[bool] = False
+    #: Items per forward pass when extracting features (``modalign embed``) and no size is given.
+    preferred_batch_size: ClassVar[int] = 32
 
     def __init__(self, modality: str, output_dim: int, frozen: bool = False) -> None:
         super().__init__()
@@ -55,6 +57,10 @@ class Encoder(nn.Module):
     def load(self, cell: str) -> Any:
         """Read one raw item (file path or inline text) into what ``collate`` expects."""
         raise NotImplementedError(f"{type(self).__name__} reads features, not raw items")
+
+    def item_length(self, cell: str) -> int | None:
+        """A cell's size, for batching similar sizes together (None: keep the manifest's order)."""
+        return None
 
     def collate(self, items: Sequence[Any]) -> Any:
         """Batch loaded items; the default stacks tensors along a new first axis."""

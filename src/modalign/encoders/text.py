@@ -43,6 +43,8 @@ class SentenceTransformerEncoder(Encoder):
 
     input_kind = "raw"
     reads_files = False
+    #: ``SentenceTransformer.encode``'s default; texts come length-sorted, so batches pad little
+    preferred_batch_size = 32
 
     def __init__(
         self,
@@ -80,6 +82,9 @@ class SentenceTransformerEncoder(Encoder):
 
     def load(self, cell: str) -> str:
         return cell
+
+    def item_length(self, cell: str) -> int:
+        return len(cell)  # what SentenceTransformer.encode sorts by
 
     def collate(self, items: Sequence[Any]) -> dict[str, Any]:
         # sentence-transformers >= 6 names it ``preprocess``; older versions ``tokenize``

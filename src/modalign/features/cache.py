@@ -28,6 +28,21 @@ def digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def file_key(path: Path) -> str:
+    """The cache key of a file: its resolved path, size and modification time.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "a.txt"
+        >>> _ = p.write_text("x")
+        >>> file_key(p) == file_key(p.parent / "." / "a.txt")
+        True
+    """
+    path = path.resolve()
+    stat = path.stat()  # OSError when missing: callers name the manifest cell
+    return digest(f"file\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}")
+
+
 class FeatureCache:
     """Append-only shards of (item key, feature row) for one encoder configuration."""
 
@@ -41,11 +56,20 @@ class FeatureCache:
 
     def read(self) -> dict[str, np.ndarray]:
         """Item key -> feature row, from every complete shard."""
+        return self._load(with_rows=True)
+
+    def keys(self) -> set[str]:
+        """The item keys of every complete shard (their rows are not read)."""
+        return set(self._load(with_rows=False))
+
+    def _load(self, with_rows: bool) -> dict[str, np.ndarray]:
         rows: dict[str, np.ndarray] = {}
         for shard in sorted(self.folder.glob("shard-*.npz")):
             try:
-                with np.load(shard, allow_pickle=False) as data:
-                    rows.update(zip(data["keys"].tolist(), data["features"], strict=True))
+                with np.load(shard, allow_pickle=False) as data:  # members load on access
+                    keys = data["keys"].tolist()
+                    values = data["features"] if with_rows else np.empty((len(keys), 0))
+                    rows.update(zip(keys, values, strict=True))
             except (
                 OSError,
                 ValueError,

@@ -1,0 +1,137 @@
+"""One training epoch of ``audio_conv``: decoding every clip (frame cache off) against the frame cache.
+
+Generates ``--clips`` noisy tones of 1-3 s as 44.1 kHz OGG Vorbis files (once, into
+``--folder``), pairs each with a 32-d text feature row, and builds two ``Trainer`` objects that
+differ only in ``data.frame_cache`` (null: decode and resample every file every epoch, as before;
+a folder: read cached log-mel frames). Their epochs run alternated (A, B, A, B, ...) and the
+median ratio is reported. The one-off fill of the frame cache is timed separately.
+
+Prints JSON lines: one per epoch, then ``{"decode_s", "cached_s", "ratio", "fill_s", "load_avg"}``.
+
+Usage:
+    python benchmarks/bench_audio.py                      # 6,000 clips, 2 epochs each
+    python benchmarks/bench_audio.py --clips 300 --repeats 1   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_clips(folder: Path, n: int, seed: int = 0) -> Path:
+    """n OGG clips (1-3 s, 44.1 kHz) and a manifest with a text feature file; reused when present."""
+    import soundfile as sf
+
+    from modalign.features.store import write_features
+
+    manifest = folder / f"audio-{n}.csv"
+    if manifest.exists():
+        return manifest
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        sr = 44100
+        t = np.arange(int(sr * rng.uniform(1.0, 3.0))) / sr
+        wave = np.sin(2 * np.pi * rng.uniform(100, 2000) * t) + 0.3 * rng.standard_normal(len(t))
+        if not (folder / f"clip{i:05d}.ogg").exists():  # a smaller run reuses a larger one's clips
+            sf.write(folder / f"clip{i:05d}.ogg", (0.3 * wave).astype(np.float32), sr)
+        rows.append(f"r{i},clip{i:05d}.ogg,t{i}")
+    text = rng.standard_normal((n, 32)).astype(np.float32)
+    write_features(folder / f"text-{n}.npy", [f"t{i}" for i in range(n)], text)
+    manifest.write_text("id,sound,text\n" + "\n".join(rows) + "\n")
+    return manifest
+
+
+def make_trainer(manifest: Path, frame_cache: str, run_dir: Path, workers: int) -> object:
+    from modalign.config import load_config
+    from modalign.train.loop import Trainer
+
+    n = manifest.stem.split("-")[1]
+    cfg = load_config(
+        None,
+        [
+            f"data.manifest={manifest}",
+            f"data.features.text={manifest.parent / f'text-{n}.npy'}",
+            "data.split_fractions={train: 1.0}",
+            f"data.frame_cache={frame_cache}",
+            "model.encoders.sound.name=audio_conv",
+            "model.embed_dim=64",
+            "train.batch_size=128",
+            f"train.num_workers={workers}",
+            "train.tensorboard=false",
+        ],
+    )
+    return Trainer(cfg, run_dir)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clips", type=int, default=6000)
+    p.add_argument("--repeats", type=int, default=2, help="epochs per method, alternated")
+    p.add_argument(
+        "--workers", type=int, default=0, help="train.num_workers (default 0, as in a config)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    p.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "modalign-bench-audio"))
+    args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    folder = Path(args.folder)
+    manifest = write_clips(folder, args.clips)
+    runs = Path(tempfile.mkdtemp(prefix="bench-audio-runs-"))
+    frames = runs / "frames"  # a fresh cache: its fill is timed, not assumed
+    decode = make_trainer(manifest, "null", runs / "decode", args.workers)
+    start = time.perf_counter()
+    cached = make_trainer(manifest, str(frames), runs / "cached", args.workers)
+    fill_s = time.perf_counter() - start
+    times: dict[str, list[float]] = {"decode": [], "cached": []}
+    for repeat in range(args.repeats):
+        for name, trainer in (("decode", decode), ("cached", cached)):
+            start = time.perf_counter()
+            trainer._train_epoch()  # type: ignore[attr-defined]
+            times[name].append(time.perf_counter() - start)
+            print(
+                json.dumps(
+                    {"method": name, "repeat": repeat, "epoch_s": round(times[name][-1], 2)}
+                ),
+                flush=True,
+            )
+    ratios = [d / c for d, c in zip(times["decode"], times["cached"], strict=True)]
+    print(
+        json.dumps(
+            {
+                "clips": args.clips,
+                "decode_s": round(statistics.median(times["decode"]), 2),
+                "cached_s": round(statistics.median(times["cached"]), 2),
+                "ratio": round(statistics.median(ratios), 2),
+                "ratio_spread": [round(min(ratios), 2), round(max(ratios), 2)],
+                "fill_s": round(fill_s, 1),
+                "workers": args.workers,
+                "threads": _threads(),
+                "load_avg": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
