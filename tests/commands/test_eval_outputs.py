@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import modalign.report.html
+import modalign.report
 from modalign.cli import main
 from modalign.errors import DataError
 
@@ -47,7 +47,7 @@ def test_an_evaluation_killed_before_its_report_is_refused_by_compare(
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # a kill after metrics.json, intervals.json and per_query.npz
 
-    monkeypatch.setattr(modalign.report.html, "write_report", killed)
+    monkeypatch.setattr(modalign.report, "write_report", killed)
     assert _eval(_npz(tmp_path / "b2.npz", 2), b) == 130
     assert not (b / "eval_complete.json").exists()
     assert not (b / "report.html").exists()  # never an old report beside new metrics

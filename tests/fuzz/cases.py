@@ -523,7 +523,7 @@ BAD_SETS: dict[str, list[tuple[str, str]]] = {
     ],
     "model.head.hidden_dim": [("0", "model.head.hidden_dim")],
     "model.head.kind": [("conv", "'model.head.kind'")],
-    "model.head.init": [("magic", "'model.head.init'")],
+    "model.head.init": [("magic", "model.head.init 'magic' is unknown")],
     "model.head.init_reg": [("-1", "model.head.init_reg")],
     "loss.name": [("cosine", "loss.name 'cosine' is unknown")],
     "loss.max_scale": [("0", "loss.max_scale"), ("inf", "loss.max_scale")],
@@ -981,6 +981,7 @@ def checkpoint_cases() -> list[Case]:
 
     def crafted(base: Base, tmp: Path) -> list[str]:
         run = _evaluated_run(base, tmp)
+        (run / "model.safetensors").unlink()  # a run folder from before model.safetensors
         torch.save({"model": Marker(str(tmp / "pwned"))}, run / "best.pt")
         return ["eval", str(run), "--bootstrap", "5", "--no-report"]
 
@@ -1004,8 +1005,8 @@ def checkpoint_cases() -> list[Case]:
         Case("checkpoint", "last-pt-pickled-object-resume", crafted_last, needle="refused"),
         Case("checkpoint", "resume-another-model", resume_other_model, needle="'heads.image"),
     ]
-    for name in ("last.pt", "best.pt"):
-        cmd = ("eval",) if name == "best.pt" else ()
+    for name in ("last.pt", "model.safetensors"):
+        cmd = ("eval",) if name == "model.safetensors" else ()
         cases += [
             Case(
                 "checkpoint",

@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace, main: bool) -> int:
     from modalign.features.extract import embed_manifest
 
     for flag, value in (("--batch-size", args.batch_size), ("--shard-size", args.shard_size)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: must be >= 1")
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers {args.workers}: must be >= 0")
