@@ -1,4 +1,4 @@
-"""Where does starting the heads at CCA help? Random vs CCA start, by train size and width.
+"""Where does starting the heads at CCA help? Two head starts (default random vs auto), by train size and width.
 
 For each (train size, feature width), trains the default MLP heads from a random start and from
 the CCA start (``model.head.init``) on synthetic paired data (``modalign.data.synthetic``: two
@@ -59,24 +59,24 @@ def main() -> None:
     p.add_argument("--widths", type=int, nargs="+", default=[64, 768])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--noise", type=float, default=1.0, help="per-view noise std (views ~0.5)")
+    p.add_argument("--inits", nargs=2, default=["random", "auto"], help="the two starts compared")
     args = p.parse_args()
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         for width in args.widths:
             for n in args.sizes:
+                first, second = args.inits
                 res = {init: [run_one(Path(tmp), n, width, s, init, args.noise) for s in args.seeds]
-                       for init in ("random", "cca")}  # fmt: skip
-                diff = np.array(
-                    [c[0] - r[0] for c, r in zip(res["cca"], res["random"], strict=True)]
-                )
+                       for init in (first, second)}  # fmt: skip
+                diff = np.array([b[0] - a[0] for a, b in zip(res[first], res[second], strict=True)])
                 print(json.dumps({
                     "train_pairs": n, "width": width, "noise": args.noise, "seeds": len(args.seeds),
-                    "mrr_random": round(float(np.mean([r[0] for r in res["random"]])), 4),
-                    "mrr_cca": round(float(np.mean([r[0] for r in res["cca"]])), 4),
-                    "cca_minus_random": round(float(diff.mean()), 4),
+                    f"mrr_{first}": round(float(np.mean([r[0] for r in res[first]])), 4),
+                    f"mrr_{second}": round(float(np.mean([r[0] for r in res[second]])), 4),
+                    f"{second}_minus_{first}": round(float(diff.mean()), 4),
                     "se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4) if len(diff) > 1 else None,
-                    "best_epoch_random": float(np.mean([r[1] for r in res["random"]])),
-                    "best_epoch_cca": float(np.mean([r[1] for r in res["cca"]])),
+                    f"best_epoch_{first}": float(np.mean([r[1] for r in res[first]])),
+                    f"best_epoch_{second}": float(np.mean([r[1] for r in res[second]])),
                     "load": round(os.getloadavg()[0], 1),
                 }), flush=True)  # fmt: skip
 

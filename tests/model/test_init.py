@@ -75,3 +75,48 @@ def test_training_from_cca_scores_the_init_as_epoch_0(tmp_path: Path) -> None:
     assert records[0]["epoch"] == 0 and "val/image_to_text/recall@1" in records[0]
     for d in ("image_to_text", "audio_to_image", "text_to_audio"):  # audio: ridge-mapped
         assert metrics[f"test/{d}/recall@5"] > 0.3, d
+
+
+def test_auto_start_is_the_val_tuned_cca_baseline(tmp_path: Path) -> None:
+    from modalign.eval.baselines import fit_baselines
+
+    cfg = synthetic_config(
+        tmp_path / "data",
+        [
+            "model.head.init=auto",
+            "model.head.kind=linear",
+            "model.head.bias=true",
+            "model.embed_dim=32",
+            "train.epochs=0",
+        ],
+        n=400,
+        dims={"image": 40, "text": 24},
+        noise=1.0,
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    data = trainer.parts.data
+    features = {m: data.feature_matrix(m) for m in ("image", "text")}
+    ref = fit_baselines(features, data.split_names(), data.manifest.ids, names=("cca",))
+    val = ref["cca"]["val"][0]  # the baseline's embeddings of the val rows, its own tuning
+    rows = data.rows("val")
+    with torch.no_grad():
+        for m in ("image", "text"):
+            out = trainer.model.encode(m, torch.as_tensor(features[m][rows])).numpy()
+            width = val.embeddings[m].shape[1]  # the baseline's canonical directions
+            np.testing.assert_allclose(out[:, :width], val.embeddings[m], atol=1e-4)
+            np.testing.assert_allclose(out[:, width:], 0.0, atol=1e-6)  # past the CCA's rank
+
+
+def test_auto_start_keeps_random_heads_where_an_affine_start_cannot_be_set(tmp_path: Path) -> None:
+    cfg = synthetic_config(
+        tmp_path / "data",
+        ["model.head.init=auto", "model.head.kind=linear", "train.epochs=0"],  # no bias
+        n=200,
+    )
+    torch.manual_seed(0)
+    trainer = Trainer(cfg, tmp_path / "run")
+    untouched = Trainer(cfg, tmp_path / "run2")  # the same seed: the same random heads
+    for m in ("image", "text"):
+        torch.testing.assert_close(
+            trainer.model.heads[m].proj.weight, untouched.model.heads[m].proj.weight
+        )

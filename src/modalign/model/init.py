@@ -125,25 +125,109 @@ def init_heads_cca(
         anchor: the pair fitted by CCA; every other modality is regressed onto it.
         cfg: the head config (``init_pca_dim``, ``init_reg``).
     """
-    rows = data.rows("train")
+    _set_from_cca(model, data, anchor, cfg.init_pca_dim, cfg.init_reg, data.rows("train"))
+
+
+def _set_from_cca(
+    model: Aligner,
+    data: PairedData,
+    anchor: tuple[str, str],
+    pca_dim: int | None,
+    reg: float,
+    rows: np.ndarray,
+) -> None:
     feats = head_inputs(model, data, rows)
     have = {m: ~np.isnan(x).any(1) for m, x in feats.items()}
     a, b = anchor
     both = have[a] & have[b]
     if both.sum() < 4:
         raise DataError(f"model.head.init: only {int(both.sum())} train rows have {a!r} and {b!r}")
-    fitted = fit_cca_affine(
-        feats[a][both], feats[b][both], model.embed_dim, cfg.init_pca_dim, cfg.init_reg
-    )
+    fitted = fit_cca_affine(feats[a][both], feats[b][both], model.embed_dim, pca_dim, reg)
     maps = {m: _rescale(feats[m][have[m]], *fit) for m, fit in zip((a, b), fitted, strict=True)}
-    maps.update(_regress_others(model.modalities, feats, have, maps, cfg.init_reg))
+    maps.update(_regress_others(model.modalities, feats, have, maps, reg))
     with torch.no_grad():
         for m, (w, bias) in maps.items():
             set_head_affine(model.heads[m], w, bias)
-    log.info("heads initialised by CCA of %s and %s on %d train pairs", a, b, int(both.sum()))
+    log.info(
+        "heads initialised by CCA of %s and %s on %d train pairs (PCA %s, shrinkage %g)",
+        a, b, int(both.sum()), pca_dim or "full", reg,
+    )  # fmt: skip
+
+
+#: PCA widths and shrinkages the ``auto`` start searches on val (those of the CCA baseline).
+AUTO_GRID = ((16, 32, 64, 128, 256, 384), (0.1, 0.3, 1.0))
+#: The ``auto`` start fits on at most this many train rows (a seeded sample beyond).
+AUTO_MAX_ROWS = 20_000
+
+
+def init_heads_auto(
+    model: Aligner, data: PairedData, anchor: tuple[str, str], cfg: HeadConfig
+) -> None:
+    """The CCA start with its PCA width and shrinkage chosen on val (the CCA baseline's grid),
+    when every modality's head reads cached features and can hold an affine map; otherwise
+    PyTorch's random start (the start scored on val as epoch 0 either way)."""
+    if not _affine_start_fits(model):
+        log.info("model.head.init auto: a raw encoder or a head without bias: random start")
+        return
+    rows = data.rows("train")
+    if len(rows) > AUTO_MAX_ROWS:
+        rows = np.sort(np.random.default_rng(0).choice(rows, AUTO_MAX_ROWS, replace=False))
+    pca_dim, reg = _tune_cca(model, data, anchor, rows)
+    _set_from_cca(model, data, anchor, pca_dim, reg, rows)
+
+
+def _affine_start_fits(model: Aligner) -> bool:
+    for m in model.modalities:
+        head, encoder = model.heads[m], model.encoders[m]
+        if getattr(encoder, "input_kind", "features") != "features":
+            return False
+        if isinstance(getattr(head, "norm", None), Standardize):
+            return False
+        if isinstance(head, LinearHead) and head.proj.bias is None:
+            return False
+    return True
+
+
+def _tune_cca(
+    model: Aligner, data: PairedData, anchor: tuple[str, str], rows: np.ndarray
+) -> tuple[int | None, float]:
+    """The (PCA width, shrinkage) of the grid with the best mean val recall@1 of the anchor pair
+    (the first grid point without a val split)."""
+    from modalign.eval.retrieval import retrieval_metrics
+
+    a, b = anchor
+    train, val = head_inputs(model, data, rows), head_inputs(model, data, data.rows("val"))
+    pick = {name: ~np.isnan(x[:, 0]) for name, x in val.items()}
+    ok_t = ~np.isnan(train[a][:, 0]) & ~np.isnan(train[b][:, 0])
+    ok_v = pick.get(a, np.zeros(0, bool)) & pick.get(b, np.zeros(0, bool))
+    dims, regs = AUTO_GRID
+    if ok_v.sum() < 4:
+        return dims[-1], regs[-1]
+    groups = (
+        data.manifest.groups[data.rows("val")][ok_v]
+        if data.manifest.groups is not None
+        else np.flatnonzero(ok_v)
+    )
+    best, best_score = (dims[0], regs[0]), -1.0
+    for k in dims:
+        for reg in regs:
+            (wa, ba), (wb, bb) = fit_cca_affine(
+                train[a][ok_t], train[b][ok_t], model.embed_dim, k, reg
+            )
+            ea, eb = val[a][ok_v] @ wa + ba, val[b][ok_v] @ wb + bb
+            ea /= np.maximum(np.linalg.norm(ea, axis=1, keepdims=True), 1e-12)
+            eb /= np.maximum(np.linalg.norm(eb, axis=1, keepdims=True), 1e-12)
+            score = np.mean([
+                retrieval_metrics(q.astype(np.float32), g.astype(np.float32), groups, groups, ks=(1,))["recall@1"]
+                for q, g in ((ea, eb), (eb, ea))
+            ])  # fmt: skip
+            if score > best_score:
+                best, best_score = (k, reg), float(score)
+    return best
 
 
 HEAD_INITS.register("cca")(HeadInit(init_heads_cca))
+HEAD_INITS.register("auto")(HeadInit(init_heads_auto))
 
 
 def _regress_others(
