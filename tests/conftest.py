@@ -22,6 +22,7 @@ def synthetic_config(
     base += [
         "model.embed_dim=32",
         "model.head.hidden_dim=64",
+        "model.head.init=random",  # these tests exercise learning itself, from a random start
         "train.epochs=3",
         "train.batch_size=128",
         "train.warmup_steps=5",

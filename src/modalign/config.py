@@ -57,7 +57,7 @@ class HeadConfig:
         None  # None: layer for mlp, none for linear
     )
     bias: bool = False  # linear heads: add a bias (a fitted init needs it to centre features)
-    init: str = "random"  # a key of modalign.model.init.HEAD_INITS ("random", "cca")
+    init: str = "auto"  # a key of modalign.model.init.HEAD_INITS ("auto", "cca", "random")
     init_pca_dim: int | None = None  # PCA width before the CCA (None: full rank)
     init_reg: float = 0.1  # covariance shrinkage of the CCA, relative to the mean eigenvalue
 
