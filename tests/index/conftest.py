@@ -1,0 +1,26 @@
+"""Fixtures: the small real encoder (session-wide: loading its models takes a few seconds)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def helpers() -> Any:
+    spec = importlib.util.spec_from_file_location("_real_encoder_loader", Path(__file__).with_name("real_encoder.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.load_helper_module()
+
+
+@pytest.fixture(scope="session")
+def real_encoder() -> Any:
+    return helpers().SmallRealEncoder()
+
+
+@pytest.fixture(scope="session")
+def search_helpers() -> Any:
+    return helpers()
