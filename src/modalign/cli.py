@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "modalign.commands.compare",
     "modalign.commands.demo",
     "modalign.commands.synth",
+    "modalign.commands.search",
+    "modalign.commands.serve",
 ]
 
 
