@@ -14,7 +14,8 @@ repeats of faiss seconds / modalign seconds), the load average and the GEMM rate
 ``--ann``: clustered vectors (default 1,000,000 x 256); every backend of
 :mod:`modalign.index` (exact, flat, ivf, hnsw, ivfpq) with its default parameters; one line
 each ``{"backend", "build_s", "qps", "recall@10", "speedup_vs_exact"}``; recall@10 is the
-share of the exact top-10 found.
+share of the exact top-10 found. Then the same index searched with other ``nprobe`` (ivf,
+ivfpq) or ``efSearch`` (hnsw) values (``--nprobes``, ``--efs``): the recall/speed trade-off.
 
 ``--ivfpq-memory``: a fresh process builds the ``ivfpq`` backend over N x 256 float32 vectors
 (default 5,000,000, 5 GB) streamed from a memory-mapped ``.npy`` file in ``--tmp``; prints the
@@ -92,19 +93,33 @@ def bench_exact(args: argparse.Namespace) -> None:
     for name in names:
         ratios = [t / b for t, b in zip(times[name], bounds, strict=True)]
         agree = float((results[name] == results["faiss_IndexFlatIP"]).mean())
-        print(json.dumps({
-            "impl": name, "seconds": round(statistics.median(times[name]), 4),
-            "bound_ratio": round(statistics.median(ratios), 3),
-            "spread": [round(min(times[name]), 4), round(max(times[name]), 4)],
-            "same_ids_as_faiss": round(agree, 5),
-        }))
+        print(
+            json.dumps(
+                {
+                    "impl": name,
+                    "seconds": round(statistics.median(times[name]), 4),
+                    "bound_ratio": round(statistics.median(ratios), 3),
+                    "spread": [round(min(times[name]), 4), round(max(times[name]), 4)],
+                    "same_ids_as_faiss": round(agree, 5),
+                }
+            )
+        )
     per_rep = [f / m for f, m in zip(times["faiss_IndexFlatIP"], times["modalign"], strict=True)]
-    print(json.dumps({
-        "ratio": round(statistics.median(per_rep), 3), "ratio_spread": [round(min(per_rep), 3), round(max(per_rep), 3)],
-        "gallery": args.gallery, "queries": args.queries, "dim": args.dim, "k": args.k,
-        "repeats": args.repeats, "matmul_gflops_per_s": round(flops / statistics.median(bounds) / 1e9, 1),
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
-    }))
+    print(
+        json.dumps(
+            {
+                "ratio": round(statistics.median(per_rep), 3),
+                "ratio_spread": [round(min(per_rep), 3), round(max(per_rep), 3)],
+                "gallery": args.gallery,
+                "queries": args.queries,
+                "dim": args.dim,
+                "k": args.k,
+                "repeats": args.repeats,
+                "matmul_gflops_per_s": round(flops / statistics.median(bounds) / 1e9, 1),
+                "load_avg": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    )
 
 
 def clustered(rng: np.random.Generator, n: int, d: int, clusters: int = 1000) -> np.ndarray:
@@ -113,7 +128,9 @@ def clustered(rng: np.random.Generator, n: int, d: int, clusters: int = 1000) ->
     out = np.empty((n, d), np.float32)
     for i in range(0, n, 100_000):
         m = min(100_000, n - i)
-        x = centres[rng.integers(0, clusters, m)] + 0.7 / np.sqrt(d) * rng.standard_normal((m, d), dtype=np.float32)
+        x = centres[rng.integers(0, clusters, m)] + 0.7 / np.sqrt(d) * rng.standard_normal(
+            (m, d), dtype=np.float32
+        )
         out[i : i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
@@ -123,28 +140,67 @@ def bench_ann(args: argparse.Namespace) -> None:
 
     rng = np.random.default_rng(1)
     data = clustered(rng, args.n, args.ann_dim)
-    q = data[rng.choice(args.n, args.ann_queries, replace=False)] + 0.05 / np.sqrt(args.ann_dim) * rng.standard_normal((args.ann_queries, args.ann_dim), dtype=np.float32)
+    q = data[rng.choice(args.n, args.ann_queries, replace=False)] + 0.05 / np.sqrt(
+        args.ann_dim
+    ) * rng.standard_normal((args.ann_queries, args.ann_dim), dtype=np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     labels = np.arange(args.n, dtype=np.int64)
-    truth, exact_qps = None, None
+    truth: np.ndarray | None = None
+    exact_qps = 1.0
     for name in args.backends:
         t = time.perf_counter()
         backend = BACKENDS.get(name).build(labels, data, {})
         build = time.perf_counter() - t
-        backend.search(q[:10], 10)  # warm-up
-        t = time.perf_counter()
-        _, found = backend.search(q, 10)
-        qps = len(q) / (time.perf_counter() - t)
-        if truth is None:  # the first backend is the exact one
-            truth, exact_qps = found, qps
-        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
-        print(json.dumps({
-            "backend": name, "n": args.n, "dim": args.ann_dim, "build_s": round(build, 1),
-            "qps": round(qps, 1), "recall@10": round(float(recall), 4),
-            "speedup_vs_exact": round(qps / exact_qps, 1), "params": backend.describe(),
-            "load_avg": [round(x, 2) for x in os.getloadavg()],
-        }), flush=True)
+        for setting in [None, *_sweep(name, args)]:
+            if setting is not None:
+                _set_search_param(backend, *setting)
+            found, qps = _timed_search(backend, q)
+            if truth is None:  # the first backend is the exact one
+                truth, exact_qps = found, qps
+            recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
+            print(
+                json.dumps(
+                    {
+                        "backend": name,
+                        "n": args.n,
+                        "dim": args.ann_dim,
+                        "build_s": round(build, 1),
+                        "qps": round(qps, 1),
+                        "recall@10": round(float(recall), 4),
+                        "speedup_vs_exact": round(qps / exact_qps, 1),
+                        "params": backend.describe(),
+                        "default_params": setting is None,
+                        "load_avg": [round(x, 2) for x in os.getloadavg()],
+                    }
+                ),
+                flush=True,
+            )
         del backend
+
+
+def _sweep(name: str, args: argparse.Namespace) -> list[tuple[str, int]]:
+    if name in ("ivf", "ivfpq"):
+        return [("nprobe", p) for p in args.nprobes]
+    if name == "hnsw":
+        return [("efSearch", e) for e in args.efs]
+    return []
+
+
+def _set_search_param(backend: object, key: str, value: int) -> None:
+    import faiss
+
+    index = backend.index  # type: ignore[attr-defined]
+    if key == "nprobe":
+        index.nprobe = value
+    else:
+        faiss.downcast_index(index.index).hnsw.efSearch = value
+
+
+def _timed_search(backend: object, q: np.ndarray) -> tuple[np.ndarray, float]:
+    backend.search(q, 10)  # type: ignore[attr-defined]  # warm-up: thread-local scratch, caches
+    t = time.perf_counter()
+    _, found = backend.search(q, 10)  # type: ignore[attr-defined]
+    return found, len(q) / (time.perf_counter() - t)
 
 
 def _rss_kib() -> int:
@@ -165,13 +221,22 @@ def ivfpq_child(path: str) -> None:
     backend = cls.build_streamed(data, chunk=100_000)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({
-        "backend": "ivfpq", "n": int(data.shape[0]), "dim": int(data.shape[1]),
-        "build_s": round(seconds, 1), "baseline_mib": round(base / 1024, 1),
-        "peak_above_baseline_mib": round((peak - base) / 1024, 1),
-        "file_gib": round(os.path.getsize(path) / 2**30, 2), "params": backend.describe(),
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "backend": "ivfpq",
+                "n": int(data.shape[0]),
+                "dim": int(data.shape[1]),
+                "build_s": round(seconds, 1),
+                "baseline_mib": round(base / 1024, 1),
+                "peak_above_baseline_mib": round((peak - base) / 1024, 1),
+                "file_gib": round(os.path.getsize(path) / 2**30, 2),
+                "params": backend.describe(),
+                "load_avg": [round(x, 2) for x in os.getloadavg()],
+            }
+        ),
+        flush=True,
+    )
 
 
 def bench_ivfpq_memory(args: argparse.Namespace) -> None:
@@ -182,7 +247,9 @@ def bench_ivfpq_memory(args: argparse.Namespace) -> None:
         centres = unit_rows(rng, 1000, 256)
         for i in range(0, args.n, 200_000):  # written in chunks: this process stays small too
             m = min(200_000, args.n - i)
-            x = centres[rng.integers(0, 1000, m)] + 0.7 / 16 * rng.standard_normal((m, 256), dtype=np.float32)
+            x = centres[rng.integers(0, 1000, m)] + 0.7 / 16 * rng.standard_normal(
+                (m, 256), dtype=np.float32
+            )
             out[i : i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
         out.flush()
         del out
@@ -200,10 +267,26 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--n", type=int, default=None, help="--ann: 1,000,000; --ivfpq-memory: 5,000,000")
+    p.add_argument(
+        "--n", type=int, default=None, help="--ann: 1,000,000; --ivfpq-memory: 5,000,000"
+    )
     p.add_argument("--ann-dim", type=int, default=256)
     p.add_argument("--ann-queries", type=int, default=1000)
     p.add_argument("--backends", nargs="+", default=["exact", "flat", "ivf", "hnsw", "ivfpq"])
+    p.add_argument(
+        "--nprobes",
+        type=int,
+        nargs="*",
+        default=[4, 8, 16],
+        help="--ann: also search ivf/ivfpq with these",
+    )
+    p.add_argument(
+        "--efs",
+        type=int,
+        nargs="*",
+        default=[16, 32, 128],
+        help="--ann: also search hnsw with these efSearch",
+    )
     p.add_argument("--tmp", default=tempfile.gettempdir())
     args = p.parse_args()
     if args.ivfpq_child:

@@ -26,7 +26,9 @@ def test_integer_scores_with_many_ties_match_the_reference_exactly(tile, workers
     rng = np.random.default_rng(k * 10 + tile)
     q = rng.integers(-1, 2, (37, 4)).astype(np.float32)
     g = rng.integers(-1, 2, (50, 4)).astype(np.float32)
-    s, i = top_k_tensor(torch.from_numpy(q), torch.from_numpy(g), k, block=5, tile=tile, workers=workers)
+    s, i = top_k_tensor(
+        torch.from_numpy(q), torch.from_numpy(g), k, block=5, tile=tile, workers=workers
+    )
     rs, ri = reference(q, g, k)
     assert (i.numpy() == ri).all()
     assert np.array_equal(s.numpy(), rs.astype(np.float32))
@@ -51,7 +53,7 @@ def test_random_unit_rows_match_the_reference():
 
 def test_a_collapsed_space_returns_the_first_items_in_order():
     g = torch.ones(100, 3)
-    s, i = top_k_tensor(g[:4], g, 5, tile=8, workers=2)
+    _, i = top_k_tensor(g[:4], g, 5, tile=8, workers=2)
     assert i.tolist() == [[0, 1, 2, 3, 4]] * 4
 
 

@@ -10,7 +10,9 @@ import pytest
 
 
 def helpers() -> Any:
-    spec = importlib.util.spec_from_file_location("_real_encoder_loader", Path(__file__).with_name("real_encoder.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_real_encoder_loader", Path(__file__).with_name("real_encoder.py")
+    )
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module.load_helper_module()

@@ -41,7 +41,9 @@ class SmallRealEncoder:
         return "text" if modality == "text" else "file"
 
     @torch.no_grad()
-    def encode(self, modality: str, items: Any, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def encode(
+        self, modality: str, items: Any, batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
         enc, out = self._enc[modality], []
         enc.eval()
         for i in range(0, len(items), batch_size):
@@ -64,8 +66,16 @@ def write_images(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-CAPTIONS = ["a red ball", "a small dog", "a tall tree", "a blue car", "a yellow sun",
-            "a green frog", "an old house", "a cup of tea"]
+CAPTIONS = [
+    "a red ball",
+    "a small dog",
+    "a tall tree",
+    "a blue car",
+    "a yellow sun",
+    "a green frog",
+    "an old house",
+    "a cup of tea",
+]
 
 
 def build_test_index(folder: Path, encoder: SmallRealEncoder, backend: str = "exact") -> Path:
@@ -74,10 +84,18 @@ def build_test_index(folder: Path, encoder: SmallRealEncoder, backend: str = "ex
 
     paths = write_images(folder / "media", 8)
     index = Index(backend=backend, model_id=encoder.model_id)
-    index.add([f"img{i}" for i in range(8)], "image", encoder.encode("image", [str(p) for p in paths]),
-              [{"source": str(p), "caption": CAPTIONS[i]} for i, p in enumerate(paths)])
-    index.add([f"cap{i}" for i in range(8)], "text", encoder.encode("text", CAPTIONS),
-              [{"caption": c} for c in CAPTIONS])
+    index.add(
+        [f"img{i}" for i in range(8)],
+        "image",
+        encoder.encode("image", [str(p) for p in paths]),
+        [{"source": str(p), "caption": CAPTIONS[i]} for i, p in enumerate(paths)],
+    )
+    index.add(
+        [f"cap{i}" for i in range(8)],
+        "text",
+        encoder.encode("text", CAPTIONS),
+        [{"caption": c} for c in CAPTIONS],
+    )
     return index.save(folder / "index")
 
 

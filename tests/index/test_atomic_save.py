@@ -42,7 +42,9 @@ def test_kill_mid_save_leaves_a_readable_index(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     mid_save: list[bool] = []
     for attempt in range(2):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(folder)], stdout=subprocess.PIPE, text=True, env=env
+        )
         assert child.stdout is not None
         saved = int(child.stdout.readline())  # one complete save at least
         time.sleep(float(rng.uniform(0.0, 0.4)))  # then kill it at some point of a later save
@@ -56,7 +58,9 @@ def test_kill_mid_save_leaves_a_readable_index(tmp_path: Path) -> None:
         # consistent: vectors and items of one complete version, never a mix
         assert versions == list(range(len(versions))) and len(versions) - 1 >= saved, attempt
         assert len(idx) == 20_000 + len(versions) == sum(len(b) for b in idx.backends.values())
-        assert idx.search(np.ones((1, 64), np.float32), 1, modality="text")[0][0].score == pytest.approx(1.0)
+        assert idx.search(np.ones((1, 64), np.float32), 1, modality="text")[0][
+            0
+        ].score == pytest.approx(1.0)
     assert any(mid_save)  # the loop is mostly saving: some kill landed inside a save
     leftovers = [p.name for p in folder.iterdir() if p.name.startswith(("gen-", ".tmp"))]
     assert len(leftovers) <= 2  # the current generation, and perhaps the killed save's temporary
@@ -68,8 +72,15 @@ def test_a_held_lock_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.Mon
     idx.save(tmp_path / "ix")
     monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 0.1)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire(); print('held', flush=True); time.sleep(30)",
-         str(tmp_path / "ix" / ".lock")], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire(); print('held', flush=True); time.sleep(30)",
+            str(tmp_path / "ix" / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(DataError, match="locked by another process"):

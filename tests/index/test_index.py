@@ -9,12 +9,18 @@ import pytest
 
 from modalign.errors import DataError
 from modalign.index import BACKENDS, Index
-from modalign.index.faiss import default_nlist
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
-needs_faiss = pytest.mark.skipif(not HAS_FAISS, reason="faiss-cpu not installed (extra modalign[faiss])")
-ALL = ["exact", pytest.param("flat", marks=needs_faiss), pytest.param("ivf", marks=needs_faiss),
-       pytest.param("hnsw", marks=needs_faiss), pytest.param("ivfpq", marks=needs_faiss)]
+needs_faiss = pytest.mark.skipif(
+    not HAS_FAISS, reason="faiss-cpu not installed (extra modalign[faiss])"
+)
+ALL = [
+    "exact",
+    pytest.param("flat", marks=needs_faiss),
+    pytest.param("ivf", marks=needs_faiss),
+    pytest.param("hnsw", marks=needs_faiss),
+    pytest.param("ivfpq", marks=needs_faiss),
+]
 
 
 def clustered(rng: np.random.Generator, n: int, d: int, clusters: int = 20) -> np.ndarray:
@@ -24,7 +30,9 @@ def clustered(rng: np.random.Generator, n: int, d: int, clusters: int = 20) -> n
 
 
 def brute_force(q: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
-    return np.argsort(-(q.astype(np.float64) @ g.astype(np.float64).T), axis=1, kind="stable")[:, :k]
+    return np.argsort(-(q.astype(np.float64) @ g.astype(np.float64).T), axis=1, kind="stable")[
+        :, :k
+    ]
 
 
 def test_exact_backend_equals_brute_force():
@@ -65,7 +73,9 @@ def test_add_remove_save_load(tmp_path, backend):
     rng = np.random.default_rng(3)
     img, txt = clustered(rng, 600, 16), clustered(rng, 400, 16)
     idx = Index(backend=backend, model_id="m1", run="/runs/x")
-    idx.add([f"i{j}" for j in range(600)], "image", img, [{"source": f"{j}.png"} for j in range(600)])
+    idx.add(
+        [f"i{j}" for j in range(600)], "image", img, [{"source": f"{j}.png"} for j in range(600)]
+    )
     idx.add([f"t{j}" for j in range(400)], "text", txt)
     gone = [f"i{j}" for j in range(0, 600, 3)] + ["t5"]
     idx.remove(gone)
@@ -75,7 +85,12 @@ def test_add_remove_save_load(tmp_path, backend):
     assert not {h.id for row in hits for h in row} & set(gone)
     idx.save(tmp_path / "ix")
     back = Index.load(tmp_path / "ix")
-    assert (back.model_id, back.run, back.backend, len(back)) == ("m1", "/runs/x", backend, len(idx))
+    assert (back.model_id, back.run, back.backend, len(back)) == (
+        "m1",
+        "/runs/x",
+        backend,
+        len(idx),
+    )
     assert back.item("i1").metadata == {"source": "1.png"}
     assert [h.id for h in back.search(img[1:2], 5)[0]] == [h.id for h in idx.search(img[1:2], 5)[0]]
     assert [h.modality for h in back.search(img[1:2], 5, modality="text")[0]] == ["text"] * 5

@@ -35,8 +35,13 @@ def run(args: argparse.Namespace) -> int:
     query = Query(text=args.text, file=args.file, item_id=args.item_id, modality=args.file_modality)
     hits = search_query(index, encoder, query, k=args.k, modality=args.modality)
     rows = [
-        {"rank": r, "id": h.id, "modality": h.modality, "score": round(h.score, 4),
-         "metadata": index.items[h.id].metadata}
+        {
+            "rank": r,
+            "id": h.id,
+            "modality": h.modality,
+            "score": round(h.score, 4),
+            "metadata": index.items[h.id].metadata,
+        }
         for r, h in enumerate(hits, 1)
     ]
     if args.json:
@@ -58,13 +63,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """
     head = ("rank", "score", "modality", "id", "caption / source")
     cells = [
-        (str(r["rank"]), f"{r['score']:.4f}", r["modality"], r["id"],
-         str(r["metadata"].get("caption") or r["metadata"].get("source") or ""))
+        (
+            str(r["rank"]),
+            f"{r['score']:.4f}",
+            r["modality"],
+            r["id"],
+            str(r["metadata"].get("caption") or r["metadata"].get("source") or ""),
+        )
         for r in rows
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *cells, strict=True)]
     lines = []
     for row in [head, *cells]:
-        parts = [row[0].rjust(widths[0]), row[1].ljust(widths[1])] + [c.ljust(w) for c, w in zip(row[2:], widths[2:], strict=True)]
+        parts = [row[0].rjust(widths[0]), row[1].ljust(widths[1])] + [
+            c.ljust(w) for c, w in zip(row[2:], widths[2:], strict=True)
+        ]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)

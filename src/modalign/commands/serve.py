@@ -21,7 +21,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("index", help="index folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MiB (default 10)")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest upload in MiB (default 10)"
+    )
     p.set_defaults(run=run)
 
 
@@ -31,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
         from modalign.serve.app import create_app
     except ImportError as err:
-        raise ConfigError(f"serving needs the serve extra: pip install 'modalign[serve]' ({err.name} missing)") from None
+        raise ConfigError(
+            f"serving needs the serve extra: pip install 'modalign[serve]' ({err.name} missing)"
+        ) from None
     from modalign.index.query import load_encoder
     from modalign.index.store import Index
 
@@ -40,10 +44,16 @@ def run(args: argparse.Namespace) -> int:
     index = Index.load(args.index)
     encoder = load_encoder(index)
     if encoder is None:
-        logging.getLogger(__name__).warning("the index records no run: only --id style queries work")
+        logging.getLogger(__name__).warning(
+            "the index records no run: only --id style queries work"
+        )
     if args.host not in LOOPBACK:
-        logging.getLogger(__name__).warning("listening on %s: reachable from other machines", args.host)
+        logging.getLogger(__name__).warning(
+            "listening on %s: reachable from other machines", args.host
+        )
     app = create_app(index, encoder, max_upload_mb=args.max_upload_mb)
-    print(f"modalign serve: http://{args.host}:{args.port}/ ({len(index)} items; API docs at /docs)")
+    print(
+        f"modalign serve: http://{args.host}:{args.port}/ ({len(index)} items; API docs at /docs)"
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

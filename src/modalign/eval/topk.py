@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -114,7 +115,12 @@ def top_k_tensor(
     return out_v, out_i
 
 
-def _run_blocks(spans, workers, make_scratch, run) -> None:  # type: ignore[no-untyped-def]
+def _run_blocks(
+    spans: list[tuple[int, int]],
+    workers: int,
+    make_scratch: Callable[[], _Scratch],
+    run: Callable[[int, int, _Scratch], None],
+) -> None:
     """``run(r0, r1, scratch)`` for every span, on ``workers`` threads of one intra-op thread."""
     if workers <= 1 or len(spans) <= 1:
         scratch = make_scratch()

@@ -6,7 +6,7 @@ first build, and every one can be set through ``options``:
 * ``flat``: exact, ``IndexFlatIP`` under an ``IndexIDMap2`` (labels, ``remove``, reconstruct).
 * ``ivf``: ``IndexIVFFlat``; ``nlist`` = the power of two nearest ``sqrt(n)`` (at most n / 39, the
   fewest training points per list faiss accepts without warning), ``nprobe`` = max(min(nlist, 8),
-  nlist / 32); k-means trained on a sample of at most 256 points per list.
+  nlist / 32); k-means (10 iterations) trained on a sample of at most 64 points per list.
 * ``ivfpq``: ``IndexIVFPQ`` with the same lists and ``m`` = D / 4 sub-quantizers of 8 bits
   (64 bytes per vector at D = 256 instead of 1,024), for millions of vectors in little memory;
   scores are approximate (the vectors are compressed; D / 8 halved recall@10 in the tests).
@@ -27,18 +27,23 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from modalign.errors import ConfigError
+from modalign.eval.topk import default_workers
 from modalign.index.base import VectorBackend, as_labels, register_backend
 from modalign.io import atomic_path
 
-TRAIN_POINTS_PER_LIST = 256
+TRAIN_POINTS_PER_LIST = 64  # faiss asks for 39 at least; k-means quality saturates early
+KMEANS_ITERATIONS = 10
 SUFFIX = ".faiss"
 
 
@@ -104,6 +109,48 @@ def _rows(source: np.ndarray | str | Path) -> int:
     return int(source.shape[0])
 
 
+def _search_in_workers(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` over query blocks on worker threads with one OpenMP thread each.
+
+    faiss parallelises a search with OpenMP, whose threads wait for each other at every
+    barrier: on a shared machine one busy core stalls them all (faiss flat searched 9 queries/s
+    against 41 for the same work split this way in ``bench_search.py --ann``, under load). faiss
+    releases the GIL, so Python threads each searching a block use the cores independently.
+    """
+    workers = min(default_workers(), max(1, len(q) // 16))
+    if workers <= 1:
+        found: tuple[np.ndarray, np.ndarray] = index.search(q, k)
+        return found
+    blocks = np.array_split(np.arange(len(q)), workers * 4)
+    with omp_threads(1), ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda rows: index.search(q[rows], k), blocks))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def build_threads() -> int:
+    """OpenMP threads for training and adding: all cores, or one when they are busy.
+
+    faiss builds with OpenMP only; when other processes hold the cores, its threads wait for
+    each other at every barrier: building ivfpq over 20,000 vectors took 68 s with two threads
+    and 20 s with one at a load average of 16 on 2 cores. So: one thread when the 1-minute load
+    average already fills the cores, else all of them.
+    """
+    cores = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] >= cores - 0.5 else max(1, default_workers())
+
+
+@contextlib.contextmanager
+def omp_threads(n: int) -> Iterator[None]:
+    """Run faiss with ``n`` OpenMP threads inside the block."""
+    faiss = import_faiss()
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
 class FaissBackend(VectorBackend):
     """Shared parts of the FAISS backends: ``self.index`` stores labels as faiss ids."""
 
@@ -115,13 +162,17 @@ class FaissBackend(VectorBackend):
     @classmethod
     def build(cls, labels: np.ndarray, vectors: np.ndarray, options: dict[str, Any]) -> Any:
         backend = cls(cls.make(int(vectors.shape[1]), len(vectors), options))
-        backend.train(vectors)
-        backend.add(labels, vectors)
+        with omp_threads(int(options.get("threads", build_threads()))):
+            backend.train(vectors)
+            backend.add(labels, vectors)
         return backend
 
     @classmethod
     def build_streamed(
-        cls, source: np.ndarray | str | Path, chunk: int = 100_000, options: dict[str, Any] | None = None
+        cls,
+        source: np.ndarray | str | Path,
+        chunk: int = 100_000,
+        options: dict[str, Any] | None = None,
     ) -> Any:
         """Build over every row of an array or ``.npy`` file, labels 0..n-1, one chunk at a time.
 
@@ -130,11 +181,12 @@ class FaissBackend(VectorBackend):
         options = dict(options or {})
         n = _rows(source)
         backend = cls(cls.make(int(sample_rows(source, 1).shape[1]), n, options))
-        backend.train(sample_rows(source, backend.train_size(n)))
-        start = 0
-        for rows in iter_row_chunks(source, chunk):
-            backend.add(np.arange(start, start + len(rows)), rows)
-            start += len(rows)
+        with omp_threads(int(options.get("threads", build_threads()))):
+            backend.train(sample_rows(source, backend.train_size(n)))
+            start = 0
+            for rows in iter_row_chunks(source, chunk):
+                backend.add(np.arange(start, start + len(rows)), rows)
+                start += len(rows)
         return backend
 
     @classmethod
@@ -158,7 +210,8 @@ class FaissBackend(VectorBackend):
         k = min(k, self.index.ntotal)
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        scores, labels = self.index.search(np.ascontiguousarray(queries, np.float32), k)
+        q = np.ascontiguousarray(queries, np.float32)  # (Q, D)
+        scores, labels = _search_in_workers(self.index, q, k)
         return scores.astype(np.float32), labels.astype(np.int64)
 
     def reconstruct(self, label: int) -> np.ndarray:
@@ -202,10 +255,13 @@ class _IVFBackend(FaissBackend):
         index = cls.make_ivf(faiss, faiss.IndexFlatIP(dim), dim, nlist, n, options)
         index.nprobe = int(options.get("nprobe", default_nprobe(nlist)))
         index.cp.seed = int(options.get("seed", 0))
+        index.cp.niter = int(options.get("niter", KMEANS_ITERATIONS))
         return index
 
     @classmethod
-    def make_ivf(cls, faiss: Any, quantizer: Any, dim: int, nlist: int, n: int, options: dict[str, Any]) -> Any:
+    def make_ivf(
+        cls, faiss: Any, quantizer: Any, dim: int, nlist: int, n: int, options: dict[str, Any]
+    ) -> Any:
         raise NotImplementedError
 
     def __init__(self, index: Any) -> None:
@@ -233,7 +289,9 @@ class IVFBackend(_IVFBackend):
     kind = "ivf"
 
     @classmethod
-    def make_ivf(cls, faiss: Any, quantizer: Any, dim: int, nlist: int, n: int, options: dict[str, Any]) -> Any:
+    def make_ivf(
+        cls, faiss: Any, quantizer: Any, dim: int, nlist: int, n: int, options: dict[str, Any]
+    ) -> Any:
         return faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
 
 
@@ -244,10 +302,20 @@ class IVFPQBackend(_IVFBackend):
     kind = "ivfpq"
 
     @classmethod
-    def make_ivf(cls, faiss: Any, quantizer: Any, dim: int, nlist: int, n: int, options: dict[str, Any]) -> Any:
+    def make_ivf(
+        cls, faiss: Any, quantizer: Any, dim: int, nlist: int, n: int, options: dict[str, Any]
+    ) -> Any:
         m = int(options.get("m", _pq_subquantizers(dim)))
-        nbits = int(options.get("nbits", 8 if n >= 39 * 256 else max(1, int(math.log2(max(2, n // 39))))))
-        return faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        nbits = int(
+            options.get("nbits", 8 if n >= 39 * 256 else max(1, int(math.log2(max(2, n // 39)))))
+        )
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        index.pq.cp.niter = int(options.get("niter", KMEANS_ITERATIONS))
+        return index
+
+    def train_size(self, n: int) -> int:
+        # the product quantiser's 2^nbits centroids per sub-space want >= 39 points each
+        return min(n, max(super().train_size(n), 39 << int(self.index.pq.nbits)))
 
     def describe(self) -> dict[str, Any]:
         pq = self.index.pq
@@ -291,7 +359,11 @@ class HNSWBackend(FaissBackend):
         keep = ~np.isin(ids, as_labels(labels))
         vectors = self.index.index.reconstruct_n(0, len(ids))  # (n, D)
         graph = faiss.downcast_index(self.index.index)
-        options = {"M": graph.hnsw.nb_neighbors(1), "efConstruction": graph.hnsw.efConstruction, "efSearch": graph.hnsw.efSearch}
+        options = {
+            "M": graph.hnsw.nb_neighbors(1),
+            "efConstruction": graph.hnsw.efConstruction,
+            "efSearch": graph.hnsw.efSearch,
+        }
         self.index = self.make(int(vectors.shape[1]), int(keep.sum()), options)
         self.add(ids[keep], vectors[keep])
 

@@ -58,7 +58,9 @@ def _modality_of_kind(encoder: QueryEncoder, kind: str, wanted: str | None) -> s
     names = [m for m in encoder.modalities if encoder.input_kind(m) == kind]
     if wanted is not None:
         if wanted not in names:
-            raise DataError(f"the model reads no {kind} modality {wanted!r} (has: {', '.join(names) or 'none'})")
+            raise DataError(
+                f"the model reads no {kind} modality {wanted!r} (has: {', '.join(names) or 'none'})"
+            )
         return wanted
     if not names:
         raise DataError(f"the model has no modality that reads a {kind}")
@@ -66,7 +68,11 @@ def _modality_of_kind(encoder: QueryEncoder, kind: str, wanted: str | None) -> s
 
 
 def search_query(
-    index: Index, encoder: QueryEncoder | None, query: Query, k: int = 10, modality: str | None = None
+    index: Index,
+    encoder: QueryEncoder | None,
+    query: Query,
+    k: int = 10,
+    modality: str | None = None,
 ) -> list[Hit]:
     """Top-k hits of one query, optionally only items of ``modality``.
 
@@ -85,6 +91,8 @@ def load_encoder(index: Index) -> QueryEncoder | None:
     try:  # imported by name: the model loader is optional to this package
         loader = importlib.import_module("modalign.model.load")
     except ImportError:
-        raise ConfigError("loading a trained run needs modalign.model.load, missing in this install") from None
+        raise ConfigError(
+            "loading a trained run needs modalign.model.load, missing in this install"
+        ) from None
     encoder: QueryEncoder = loader.load(index.run)
     return encoder

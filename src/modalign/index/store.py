@@ -246,15 +246,34 @@ class Index:
         names = {m: f"modality-{i}" for i, m in enumerate(sorted(self.backends))}
         for modality, stem in names.items():
             self.backends[modality].save(gen / stem)
-        write_json_atomic(gen / "index.json", {
-            "format": FORMAT, "backend": self.backend, "options": self.options, "dim": self.dim,
-            "model_id": self.model_id, "run": self.run, "next_label": self._next_label,
-            "modalities": names, "n_items": len(self.items),
-        })
+        write_json_atomic(
+            gen / "index.json",
+            {
+                "format": FORMAT,
+                "backend": self.backend,
+                "options": self.options,
+                "dim": self.dim,
+                "model_id": self.model_id,
+                "run": self.run,
+                "next_label": self._next_label,
+                "modalities": names,
+                "n_items": len(self.items),
+            },
+        )
         with open(gen / "items.jsonl", "w", encoding="utf-8") as f:
             for it in self.items.values():
-                f.write(json.dumps({"id": it.id, "modality": it.modality, "label": it.label,
-                                    "metadata": it.metadata}, ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": it.id,
+                            "modality": it.modality,
+                            "label": it.label,
+                            "metadata": it.metadata,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
             f.flush()
             os.fsync(f.fileno())
 
@@ -291,7 +310,9 @@ def _lock(folder: Path) -> Any:
             try:
                 return super().__enter__()
             except Timeout:
-                raise DataError(f"{folder} is locked by another process (file {self.lock_file})") from None
+                raise DataError(
+                    f"{folder} is locked by another process (file {self.lock_file})"
+                ) from None
 
     return _Lock(str(folder / ".lock"), timeout=LOCK_TIMEOUT_S)
 
@@ -306,5 +327,9 @@ def _current_number(folder: Path) -> int:
 def _remove_stale(folder: Path, keep: str) -> None:
     """Delete older generations and temporary folders left by killed saves."""
     for p in folder.iterdir():
-        if p.is_dir() and p.name != keep and (p.name.startswith("gen-") or p.name.startswith(".tmp-gen-")):
+        if (
+            p.is_dir()
+            and p.name != keep
+            and (p.name.startswith("gen-") or p.name.startswith(".tmp-gen-"))
+        ):
             shutil.rmtree(p, ignore_errors=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -68,7 +68,9 @@ def create_app(index: Index, encoder: QueryEncoder | None, max_upload_mb: float 
         index: the index to search. encoder: its model (None: only id queries work).
         max_upload_mb: largest accepted upload in MiB.
     """
-    app = FastAPI(title="modalign search", version="1", description="Search a shared embedding space.")
+    app = FastAPI(
+        title="modalign search", version="1", description="Search a shared embedding space."
+    )
     lock = threading.Lock()
     _install_error_handlers(app)
     _limit_body_size(app, int(max_upload_mb * 2**20))
@@ -80,9 +82,16 @@ def create_app(index: Index, encoder: QueryEncoder | None, max_upload_mb: float 
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "items": len(index), "modalities": index.modalities,
-                "backend": index.backend, "model_id": index.model_id,
-                "query_kinds": sorted({encoder.input_kind(m) for m in encoder.modalities}) if encoder else []}
+        return {
+            "status": "ok",
+            "items": len(index),
+            "modalities": index.modalities,
+            "backend": index.backend,
+            "model_id": index.model_id,
+            "query_kinds": sorted({encoder.input_kind(m) for m in encoder.modalities})
+            if encoder
+            else [],
+        }
 
     @app.post("/search")
     def search(body: SearchRequest) -> dict[str, Any]:
@@ -94,9 +103,9 @@ def create_app(index: Index, encoder: QueryEncoder | None, max_upload_mb: float 
 
     @app.post("/search/file")
     def search_file(
-        file: UploadFile = File(..., description="an image or a sound"),
-        k: int = Form(10, ge=1, le=MAX_K),
-        modality: str | None = Form(None, max_length=100),
+        file: Annotated[UploadFile, File(description="an image or a sound")],
+        k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
+        modality: Annotated[str | None, Form(max_length=100)] = None,
     ) -> dict[str, Any]:
         upload = read_upload(file, int(max_upload_mb * 2**20))  # raises ApiError-like 4xx
         with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +116,9 @@ def create_app(index: Index, encoder: QueryEncoder | None, max_upload_mb: float 
             except ModalignError:
                 raise
             except Exception as err:  # the decoder refused the bytes: the client's file
-                raise ApiError(422, f"could not read the uploaded {upload.modality}: {_one_line(err)}") from None
+                raise ApiError(
+                    422, f"could not read the uploaded {upload.modality}: {_one_line(err)}"
+                ) from None
 
     _add_item_routes(app, index)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -130,7 +141,9 @@ def _limit_body_size(app: FastAPI, upload_limit: int) -> None:
         if not length.isdigit():
             return JSONResponse({"error": "invalid Content-Length header"}, status_code=400)
         if int(length) > limit:
-            return JSONResponse({"error": f"request body larger than {limit} bytes"}, status_code=413)
+            return JSONResponse(
+                {"error": f"request body larger than {limit} bytes"}, status_code=413
+            )
         return await call_next(request)
 
 
@@ -160,8 +173,12 @@ def _item_json(index: Index, item_id: str) -> dict[str, Any]:
     item = index.items[item_id]
     source = item.metadata.get("source")
     has_media = isinstance(source, str) and bool(source)
-    return {"id": item.id, "modality": item.modality, "metadata": item.metadata,
-            "media": f"/items/{_quote(item.id)}/media" if has_media else None}
+    return {
+        "id": item.id,
+        "modality": item.modality,
+        "metadata": item.metadata,
+        "media": f"/items/{_quote(item.id)}/media" if has_media else None,
+    }
 
 
 def _quote(item_id: str) -> str:

@@ -25,9 +25,15 @@ ACCEPTED = {
     "audio/wav": ("audio", ".wav"),
     "audio/flac": ("audio", ".flac"),
 }
-ALIASES = {"image/jpg": "image/jpeg", "audio/x-wav": "audio/wav", "audio/wave": "audio/wav",
-           "audio/vnd.wave": "audio/wav", "audio/x-flac": "audio/flac", "application/ogg": "audio/ogg",
-           "image/x-ms-bmp": "image/bmp"}
+ALIASES = {
+    "image/jpg": "image/jpeg",
+    "audio/x-wav": "audio/wav",
+    "audio/wave": "audio/wav",
+    "audio/vnd.wave": "audio/wav",
+    "audio/x-flac": "audio/flac",
+    "application/ogg": "audio/ogg",
+    "image/x-ms-bmp": "image/bmp",
+}
 CHUNK = 1 << 16
 
 
@@ -42,9 +48,15 @@ class Upload:
 
 def sniff(head: bytes) -> str | None:
     """The content type the first bytes of a file announce, among :data:`ACCEPTED`, or None."""
-    signatures = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
-                  (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"), (b"BM", "image/bmp"),
-                  (b"OggS", "audio/ogg"), (b"fLaC", "audio/flac")]
+    signatures = [
+        (b"\x89PNG\r\n\x1a\n", "image/png"),
+        (b"\xff\xd8\xff", "image/jpeg"),
+        (b"GIF87a", "image/gif"),
+        (b"GIF89a", "image/gif"),
+        (b"BM", "image/bmp"),
+        (b"OggS", "audio/ogg"),
+        (b"fLaC", "audio/flac"),
+    ]
     for magic, kind in signatures:
         if head.startswith(magic):
             return kind
@@ -63,7 +75,10 @@ def read_upload(file: UploadFile, limit: int) -> Upload:
     declared = (file.content_type or "").split(";")[0].strip().lower()
     declared = ALIASES.get(declared, declared)
     if declared not in ACCEPTED:
-        raise HTTPException(415, f"content type {declared or 'none'!r} is not accepted; send one of {', '.join(ACCEPTED)}")
+        raise HTTPException(
+            415,
+            f"content type {declared or 'none'!r} is not accepted; send one of {', '.join(ACCEPTED)}",
+        )
     data = bytearray()
     while chunk := file.file.read(CHUNK):
         data += chunk
@@ -73,6 +88,9 @@ def read_upload(file: UploadFile, limit: int) -> Upload:
         raise HTTPException(422, "the uploaded file is empty")
     found = sniff(bytes(data[:16]))
     if found != declared:
-        raise HTTPException(415, f"the file is declared {declared} but its bytes are {found or 'of no accepted type'}")
+        raise HTTPException(
+            415,
+            f"the file is declared {declared} but its bytes are {found or 'of no accepted type'}",
+        )
     modality, suffix = ACCEPTED[declared]
     return Upload(bytes(data), suffix, modality)
