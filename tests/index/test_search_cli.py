@@ -15,7 +15,12 @@ from modalign.index import query as query_module
 @pytest.fixture
 def tiny_index(tmp_path):
     idx = Index(model_id="m", run=None)
-    idx.add(["a", "b"], "image", np.eye(3, dtype=np.float32)[:2], [{"source": "a.png", "caption": "a cat"}, {}])
+    idx.add(
+        ["a", "b"],
+        "image",
+        np.eye(3, dtype=np.float32)[:2],
+        [{"source": "a.png", "caption": "a cat"}, {}],
+    )
     idx.add(["t"], "text", np.array([[0.6, 0.8, 0.0]], dtype=np.float32), [{"caption": "a kitten"}])
     return idx.save(tmp_path / "ix")
 
@@ -40,12 +45,17 @@ def test_search_errors_are_one_line(tiny_index, capsys):
     assert "not an index folder" in capsys.readouterr().err
 
 
-def test_search_text_and_file_through_the_runs_model(tmp_path, capsys, monkeypatch, real_encoder, search_helpers):
+def test_search_text_and_file_through_the_runs_model(
+    tmp_path, capsys, monkeypatch, real_encoder, search_helpers
+):
     folder = search_helpers.build_test_index(tmp_path, real_encoder)
     # the index records no run: stand the test model in for ``modalign.load`` of one
     monkeypatch.setattr(query_module, "load_encoder", lambda index: real_encoder)
     assert main(["search", str(folder), "--text", "a green frog", "--k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["id"] == "cap5"
     image = Index.load(folder).item("img3").metadata["source"]
-    assert main(["search", str(folder), "--file", image, "--modality", "image", "--k", "1", "--json"]) == 0
+    assert (
+        main(["search", str(folder), "--file", image, "--modality", "image", "--k", "1", "--json"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["id"] == "img3"
