@@ -94,7 +94,10 @@ def test_add_remove_save_load(tmp_path, backend):
     assert back.item("i1").metadata == {"source": "1.png"}
     assert [h.id for h in back.search(img[1:2], 5)[0]] == [h.id for h in idx.search(img[1:2], 5)[0]]
     assert [h.modality for h in back.search(img[1:2], 5, modality="text")[0]] == ["text"] * 5
-    np.testing.assert_allclose(back.vector("i1"), img[1], atol=0.3 if backend == "ivfpq" else 1e-6)
+    if backend == "ivfpq":  # 3-bit codes at this size: close in direction, not in value
+        assert float(back.vector("i1") @ img[1]) > 0.7
+    else:
+        np.testing.assert_allclose(back.vector("i1"), img[1], atol=1e-6)
     back.add(["new"], "text", img[:1])  # labels continue after a load: no clash with old ones
     assert back.search(img[:1], 1, modality="text")[0][0].id == "new"
 
@@ -120,11 +123,10 @@ def test_model_id_refusal_and_errors():
             call()
 
 
-def test_real_encoder_queries(tmp_path, real_encoder, search_helpers):
+def test_real_encoder_queries(real_index, real_encoder, search_helpers):
     from modalign.index.query import Query, search_query
 
-    folder = search_helpers.build_test_index(tmp_path, real_encoder)
-    idx = Index.load(folder)
+    idx = Index.load(real_index)
     img0 = idx.item("img0").metadata["source"]
     hits = search_query(idx, real_encoder, Query(file=img0), k=3, modality="image")
     assert hits[0].id == "img0" and hits[0].score == pytest.approx(1.0, abs=1e-5)

@@ -45,10 +45,8 @@ def test_search_errors_are_one_line(tiny_index, capsys):
     assert "not an index folder" in capsys.readouterr().err
 
 
-def test_search_text_and_file_through_the_runs_model(
-    tmp_path, capsys, monkeypatch, real_encoder, search_helpers
-):
-    folder = search_helpers.build_test_index(tmp_path, real_encoder)
+def test_search_text_and_file_through_the_runs_model(capsys, monkeypatch, real_encoder, real_index):
+    folder = real_index
     # the index records no run: stand the test model in for ``modalign.load`` of one
     monkeypatch.setattr(query_module, "load_encoder", lambda index: real_encoder)
     assert main(["search", str(folder), "--text", "a green frog", "--k", "1", "--json"]) == 0
