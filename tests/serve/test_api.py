@@ -7,6 +7,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+
+pytest.importorskip("hypothesis", reason="hypothesis not installed (dev extra)")
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
