@@ -29,6 +29,8 @@ def search_helpers() -> Any:
 
 
 @pytest.fixture(scope="session")
-def real_index(tmp_path_factory: pytest.TempPathFactory, real_encoder: Any, search_helpers: Any) -> Path:
+def real_index(
+    tmp_path_factory: pytest.TempPathFactory, real_encoder: Any, search_helpers: Any
+) -> Path:
     """The test index (8 images, 8 captions) embedded once by the real encoder; do not modify."""
     return search_helpers.build_test_index(tmp_path_factory.mktemp("real-index"), real_encoder)

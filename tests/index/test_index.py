@@ -140,3 +140,18 @@ def test_real_encoder_queries(real_index, real_encoder, search_helpers):
         search_query(idx, None, Query(text="a dog"))
     with pytest.raises(DataError, match="exactly one"):
         search_query(idx, real_encoder, Query(text="a", item_id="cap1"))
+
+
+@needs_faiss
+def test_streamed_build_from_a_file_equals_the_array(tmp_path):
+    from modalign.index.faiss import IVFBackend, iter_row_chunks, sample_rows
+
+    x = clustered(np.random.default_rng(5), 3000, 16)
+    np.save(tmp_path / "x.npy", x)
+    path = tmp_path / "x.npy"
+    assert np.array_equal(sample_rows(path, 500, seed=1), sample_rows(x, 500, seed=1))
+    assert np.array_equal(np.concatenate(list(iter_row_chunks(path, 700))), x)
+    streamed = IVFBackend.build_streamed(path, chunk=700, options={"threads": 1})
+    direct = IVFBackend.build(np.arange(3000), x, {"threads": 1})
+    assert len(streamed) == 3000
+    assert np.array_equal(streamed.search(x[:20], 5)[1], direct.search(x[:20], 5)[1])

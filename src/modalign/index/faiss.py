@@ -45,6 +45,7 @@ from modalign.io import atomic_path
 TRAIN_POINTS_PER_LIST = 64  # faiss asks for 39 at least; k-means quality saturates early
 KMEANS_ITERATIONS = 10
 SUFFIX = ".faiss"
+SAMPLE_GROUP = 8192  # rows read through one memory map by sample_rows
 
 
 def import_faiss() -> Any:
@@ -94,13 +95,25 @@ def iter_row_chunks(source: np.ndarray | str | Path, chunk: int) -> Iterator[np.
 
 
 def sample_rows(source: np.ndarray | str | Path, size: int, seed: int = 0) -> np.ndarray:
-    """A seeded random sample of ``size`` rows (all rows when there are fewer), in file order."""
+    """A seeded random sample of ``size`` rows (all rows when there are fewer), in file order.
+
+    From a file, rows are read in groups through a fresh memory map each, so the pages touched
+    by a scattered sample never pile up in the resident set.
+    """
     n = _rows(source)
-    data = np.load(source, mmap_mode="r") if isinstance(source, str | Path) else source
-    if n <= size:
-        return np.array(data, dtype=np.float32)
-    rows = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-    return np.array(data[rows], dtype=np.float32)
+    rows = (
+        np.arange(n)
+        if n <= size
+        else np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    )
+    if not isinstance(source, str | Path):
+        return np.array(source[rows], dtype=np.float32)
+    parts = []
+    for i in range(0, len(rows), SAMPLE_GROUP):
+        data = np.load(source, mmap_mode="r")
+        parts.append(np.array(data[rows[i : i + SAMPLE_GROUP]], dtype=np.float32))
+        del data
+    return np.concatenate(parts)
 
 
 def _rows(source: np.ndarray | str | Path) -> int:
