@@ -225,8 +225,8 @@ def ivfpq_child(path: str) -> None:
         json.dumps(
             {
                 "backend": "ivfpq",
-                "n": int(data.shape[0]),
-                "dim": int(data.shape[1]),
+                "n": int(shape[0]),
+                "dim": int(shape[1]),
                 "build_s": round(seconds, 1),
                 "baseline_mib": round(base / 1024, 1),
                 "peak_above_baseline_mib": round((peak - base) / 1024, 1),
