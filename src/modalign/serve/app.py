@@ -71,9 +71,23 @@ def create_app(index: Index, encoder: QueryEncoder | None, max_upload_mb: float 
     app = FastAPI(
         title="modalign search", version="1", description="Search a shared embedding space."
     )
-    lock = threading.Lock()
     _install_error_handlers(app)
     _limit_body_size(app, int(max_upload_mb * 2**20))
+    _add_search_routes(app, index, encoder, int(max_upload_mb * 2**20))
+    _add_item_routes(app, index)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+def _add_search_routes(
+    app: FastAPI, index: Index, encoder: QueryEncoder | None, upload_limit: int
+) -> None:
+    lock = threading.Lock()
 
     def run(query: Query, k: int, modality: str | None) -> dict[str, Any]:
         with lock:
@@ -107,7 +121,7 @@ def create_app(index: Index, encoder: QueryEncoder | None, max_upload_mb: float 
         k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
         modality: Annotated[str | None, Form(max_length=100)] = None,
     ) -> dict[str, Any]:
-        upload = read_upload(file, int(max_upload_mb * 2**20))  # raises ApiError-like 4xx
+        upload = read_upload(file, upload_limit)  # 413/415/422 on a bad upload
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"upload{upload.suffix}"
             path.write_bytes(upload.data)
@@ -119,15 +133,6 @@ def create_app(index: Index, encoder: QueryEncoder | None, max_upload_mb: float 
                 raise ApiError(
                     422, f"could not read the uploaded {upload.modality}: {_one_line(err)}"
                 ) from None
-
-    _add_item_routes(app, index)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
-
-    return app
 
 
 def _limit_body_size(app: FastAPI, upload_limit: int) -> None:
