@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := tuxpaint-stamps-default
+# chromium + chromium-driver: the search page's browser tests (they skip without them)
+APT_PACKAGES := tuxpaint-stamps-default chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: system install test lint demo clean bench-cmg-setup bench-cmg
@@ -21,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,encoders]"
+	$(BIN)/pip install -q -e ".[dev,encoders,faiss,serve]"
 	# peers the tests compare against; --no-deps because their wheels ask for torchvision, which
 	# does not fit this torch; the modules used (CLIP_benchmark's retrieval metric, open_clip's
 	# losses) need only torch

@@ -31,6 +31,8 @@ COMMAND_MODULES = [
     "modalign.commands.codebook",
     "modalign.commands.codes",
     "modalign.commands.transfer",
+    "modalign.commands.search",
+    "modalign.commands.serve",
 ]
 
 

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from modalign.eval.topk import top_k_tensor
 from modalign.losses.functional import check_pairing
 from modalign.types import Direction, EmbeddingSet, MetricKey
 
@@ -298,7 +299,6 @@ def _ndcg(gain: np.ndarray, ranks: np.ndarray, count: np.ndarray, k: int) -> np.
     return dcg / ideal
 
 
-@torch.no_grad()
 def top_k(
     queries: np.ndarray | Tensor,
     gallery: np.ndarray | Tensor,
@@ -307,7 +307,13 @@ def top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best gallery items per query, streamed: scores and indices, each (Q, k).
 
-    Used for example retrievals (report, demo). Ties are broken as ``torch.topk`` breaks them.
+    Used for example retrievals (report, demo) and by the exact index backend; the blocked,
+    tiled search is :func:`modalign.eval.topk.top_k_tensor`. Exact, best first; among equal
+    scores the lower gallery index comes first.
+
+    Args:
+        queries: (Q, D). gallery: (N, D). k: results per query (at most N).
+        chunk_size: queries per block (default about 1,024).
 
     Example:
         >>> g = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]], dtype=np.float32)
@@ -315,14 +321,10 @@ def top_k(
         [[0, 2]]
     """
     q, g = _as_tensor(queries, "queries"), _as_tensor(gallery, "gallery")
-    k = min(k, g.shape[0])
-    chunk = chunk_size or max(1, min(4096, (1 << 25) // max(1, g.shape[0])))
-    vals, idxs = [], []
-    for i in range(0, q.shape[0], chunk):
-        v, ix = torch.topk(q[i : i + chunk] @ g.T, k, dim=1)  # (c, k)
-        vals.append(v.numpy())
-        idxs.append(ix.numpy())
-    return np.concatenate(vals), np.concatenate(idxs)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"queries have dimension {q.shape[1]} but the gallery has {g.shape[1]}")
+    scores, idx = top_k_tensor(q, g, k, block=chunk_size)
+    return scores.numpy(), idx.numpy()
 
 
 def unique_present_rows(emb: np.ndarray, groups: np.ndarray) -> np.ndarray:
