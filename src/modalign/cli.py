@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "modalign.commands.codebook",
     "modalign.commands.codes",
     "modalign.commands.transfer",
+    "modalign.commands.index",
     "modalign.commands.search",
     "modalign.commands.serve",
 ]
