@@ -56,6 +56,7 @@ def _data_overrides(cfg) -> list[str]:  # type: ignore[no-untyped-def]
         "train.tensorboard=false",
         "model.embed_dim=32",
         "model.head.hidden_dim=64",
+        "model.head.init=random",
     ] + [f"data.features.{m}={p}" for m, p in cfg.data.features.items()]
 
 
