@@ -87,6 +87,15 @@ def test_demo_smoke_run_writes_metrics_baselines_and_report(tmp_path: Path) -> N
         "total",
     }
 
+    from modalign.index.store import Index
+
+    index = Index.load(tmp_path / "out" / "index")  # every stamp's items, for `modalign serve`
+    assert index.modalities == ["caption", "image", "sound"]
+    assert index.model_id == json.loads((run / "model.json").read_text())["model_id"]
+    first = next(i for i in index.items if i.endswith(":caption"))
+    hits = index.search(index.vector(first)[None], 3, modality="image")[0]
+    assert len(hits) == 3 and hits[0].score >= hits[-1].score
+
     cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()}
     run_demo(
         tmp_path / "out", root=root, cache=tmp_path / "cache", smoke=True

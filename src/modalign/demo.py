@@ -86,8 +86,23 @@ def run_demo(
     write_json_atomic(run_dir / "baselines.json", baselines)
     report = write_demo_report(trainer, metrics, baselines)
     clock.lap("report")
+    build_demo_index(trainer, out / "index")
+    clock.lap("index")
     write_json_atomic(run_dir / "timings.json", clock.seconds)
     return DemoResult(run_dir, report, metrics, baselines, clock.seconds)
+
+
+def build_demo_index(trainer: Trainer, folder: Path) -> None:
+    """An exact index of every stamp's image, caption and sound (all splits), embedded by the
+    trained run from the cached features, for ``modalign serve``."""
+    from modalign.index.build import add_manifest
+    from modalign.index.store import Index
+    from modalign.model.load import load
+
+    shutil.rmtree(folder, ignore_errors=True)
+    index = Index(backend="exact", run=str(trainer.run_dir))
+    add_manifest(index, load(trainer.run_dir), trainer.parts.data.manifest, trainer.parts.stores)
+    index.save(folder)
 
 
 def _truncate_manifest(path: Path, limit: int) -> None:

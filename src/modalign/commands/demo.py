@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "report": str(result.report),
+                "explore": f"modalign serve {result.run_dir.parent / 'index'}",
                 "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
                 **headline,
             },

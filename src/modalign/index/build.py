@@ -1,10 +1,12 @@
 """Fill an index from a manifest through a trained run: every item of every modality.
 
-Each modality's distinct cells are embedded by the run's model in chunks (``chunk`` items at a
+Each modality's cells are embedded by the run's model in chunks (``chunk`` items at a
 time, a progress bar over chunks) into a temporary memory-mapped array, so the memory the build
 needs beyond the index itself is one chunk; the backend is then built (trained, for FAISS
 backends) over all of that modality's vectors at once. Item ids are ``{row id}:{modality}``;
 metadata holds the row id, the source file (file modalities) or the caption (text modalities).
+A modality given a feature store (the features the run trained on) is embedded from it, not
+from its raw files again.
 """
 
 from __future__ import annotations
@@ -42,10 +44,15 @@ def add_manifest(
         )
     index.model_id = model.model_id
     counts = {}
+    features = dict(features or {})
     for m in [m for m in manifest.modalities if m in model.modalities]:
-        rows = [i for i, c in enumerate(manifest.cells[m]) if c is not None]
+        store = features.get(m)  # items its store lacks (unreadable when embedded) are left out
+        rows = [
+            i for i, c in enumerate(manifest.cells[m])
+            if c is not None and (store is None or c in store.index)
+        ]  # fmt: skip
         if rows:
-            vectors = _embed_chunks(model, manifest, m, rows, dict(features or {}), chunk)
+            vectors = _embed_chunks(model, manifest, m, rows, features, chunk)
             ids = [item_id(manifest.ids[r], m) for r in rows]
             index.add(ids, m, vectors, [_metadata(model, manifest, m, r) for r in rows])
         counts[m] = len(rows)
@@ -60,7 +67,7 @@ def _embed_chunks(
     features: dict[str, FeatureStore],
     chunk: int,
 ) -> np.ndarray:
-    kind = model.input_kind(modality)
+    kind = "array" if modality in features else model.input_kind(modality)
     if kind == "array" and modality not in features:
         raise DataError(f"modality {modality!r} takes features: give its feature file")
     tmp = Path(tempfile.mkdtemp(prefix="modalign-index-")) / "vectors.npy"
