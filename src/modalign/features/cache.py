@@ -43,16 +43,21 @@ def file_key(path: Path) -> str:
     return digest(f"file\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}")
 
 
+def open_cache_folder(folder: Path, cache_key: str) -> None:
+    """Create a cache folder and record, for humans, what its entries were computed with."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file = folder / "cache_key.txt"
+    if not key_file.exists():
+        with atomic_path(key_file) as tmp:
+            tmp.write_text(cache_key + "\n", encoding="utf-8")
+
+
 class FeatureCache:
     """Append-only shards of (item key, feature row) for one encoder configuration."""
 
     def __init__(self, folder: Path, cache_key: str) -> None:
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        key_file = folder / "cache_key.txt"
-        if not key_file.exists():
-            with atomic_path(key_file) as tmp:
-                tmp.write_text(cache_key + "\n", encoding="utf-8")
+        open_cache_folder(folder, cache_key)
 
     def read(self) -> dict[str, np.ndarray]:
         """Item key -> feature row, from every complete shard."""

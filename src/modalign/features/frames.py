@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from modalign import distributed
 from modalign.errors import DataError
-from modalign.features.cache import digest, file_key
+from modalign.features.cache import digest, file_key, open_cache_folder
 from modalign.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,7 @@ class FrameCache:
 
     def __init__(self, folder: Path, cache_key: str) -> None:
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        key_file = folder / "cache_key.txt"
-        if not key_file.exists():
-            with atomic_path(key_file) as tmp:
-                tmp.write_text(cache_key + "\n", encoding="utf-8")
+        open_cache_folder(folder, cache_key)
         self._where: dict[str, tuple[int, int, int]] = {}  # key -> (shard, start row, stop row)
         self._shards: list[Path] = []
         self._arrays: list[np.ndarray] | None = None  # opened lazily (per DataLoader worker)
