@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "modalign.commands.compare",
     "modalign.commands.demo",
     "modalign.commands.synth",
+    "modalign.commands.mine",
 ]
 
 
