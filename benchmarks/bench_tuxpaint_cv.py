@@ -18,6 +18,11 @@ Usage (features come from the demo's feature cache; the first run fills it, abou
     python benchmarks/bench_tuxpaint_cv.py                            # the demo's own recipe
     python benchmarks/bench_tuxpaint_cv.py --recipe demo \\
         --recipe scratch-mlp 'model.head.init=random' 'model.head.kind=mlp' 'train.lr=1e-3'
+    python benchmarks/bench_tuxpaint_cv.py --recipe symile loss.objective=symile \\
+        --recipe gram loss.objective=gram --recipe hn_nce loss.name=hn_nce
+    python benchmarks/bench_tuxpaint_cv.py --recipe mined --mine 5   # mined explicit negatives
+
+Baselines are cached per fold in ``DEMO_DIR/baselines/`` (pass ``--demo-dir`` to reuse them).
 """
 
 from __future__ import annotations
@@ -54,10 +59,24 @@ def fold_splits(
     )
 
 
-def run_fold(manifest: Path, features: Path, overrides: list[str], work: Path) -> dict[str, dict]:
-    """Train the demo's recipe on one fold's manifest; model and baseline test metrics."""
+def run_fold(
+    manifest: Path,
+    features: Path,
+    overrides: list[str],
+    work: Path,
+    baselines: Path | None = None,
+    mine: int = 0,
+) -> dict[str, dict]:
+    """Train the demo's recipe on one fold's manifest; model and baseline test metrics.
+
+    Baselines depend only on the fold, so they are read from ``baselines`` (a JSON file) when
+    it exists and written there otherwise. ``mine > 0``: train once, mine each train row's
+    ``mine`` hardest negatives with that model (``modalign.train.mine``), train again with them
+    (``data.negatives``) and score the second model.
+    """
     from modalign.config import load_config
     from modalign.demo import CONFIG, score_baselines
+    from modalign.io import write_json_atomic
     from modalign.train.loop import Trainer
 
     sets = [f"data.manifest={manifest}", "eval.splits=[test]", "train.tensorboard=false"]
@@ -68,7 +87,36 @@ def run_fold(manifest: Path, features: Path, overrides: list[str], work: Path) -
     shutil.rmtree(run_dir, ignore_errors=True)
     trainer = Trainer(cfg, run_dir)
     metrics = trainer.fit()
-    return {"model": metrics, **score_baselines(trainer.parts, cfg.eval)}
+    if mine:
+        negatives = mine_negatives(trainer, mine, work / "negatives.csv")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        trainer = Trainer(load_config(CONFIG, sets + overrides + [f"data.negatives={negatives}"]), run_dir)
+        metrics = trainer.fit()
+    if baselines is not None and baselines.exists():
+        return {"model": metrics, **json.loads(baselines.read_text())}
+    scores = score_baselines(trainer.parts, cfg.eval)
+    if baselines is not None:
+        write_json_atomic(baselines, scores)
+    return {"model": metrics, **scores}
+
+
+def mine_negatives(trainer: object, k: int, out: Path) -> Path:
+    """Write the ``k`` hardest negatives of every train row under the trained model (as
+    ``modalign mine`` does) and return the file."""
+    import csv
+
+    from modalign.data.samplers import SEPARATOR
+    from modalign.model.inference import embed_split
+    from modalign.train.mine import hardest_negatives
+
+    emb = embed_split(trainer.model, trainer.parts.data, "train")  # type: ignore[attr-defined]
+    idx, _ = hardest_negatives(emb, k)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "negatives"])
+        for key, row in zip(emb.ids, idx, strict=True):
+            writer.writerow([key, SEPARATOR.join(emb.ids[j] for j in row if j >= 0)])
+    return out
 
 
 def directions(metrics: dict[str, float]) -> list[str]:
@@ -122,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--demo-dir", type=Path, default=None, help="reuse a demo output folder")
+    p.add_argument(
+        "--mine", type=int, default=0, help="train, mine this many negatives per row, train again"
+    )
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
 
@@ -147,7 +198,13 @@ def main(argv: list[str] | None = None) -> None:
                 fold["split"] = fold_splits(groups, args.folds, i, seed)
                 fold_manifest = work / f"fold_{seed}_{i}.csv"
                 fold.to_csv(fold_manifest, index=False)
-                folds.append(run_fold(fold_manifest, demo_dir / "features", overrides, work))
+                cached = demo_dir / "baselines" / f"folds{args.folds}_seed{seed}_fold{i}.json"
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                folds.append(
+                    run_fold(
+                        fold_manifest, demo_dir / "features", overrides, work, cached, args.mine
+                    )
+                )
         print(json.dumps(summarise(name, folds)), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 

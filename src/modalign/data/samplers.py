@@ -45,8 +45,8 @@ SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
 class UniqueGroupBatches(EpochBatches):
     """Shuffled batches with at most one row per group, each row followed by its negatives.
 
-    Rows are taken in a seeded shuffled order; a row whose group is already in the batch waits
-    for the next batch (first in line). The last partial batch is dropped when there is a full
+    Rows are taken in a seeded shuffled order; a row whose group is already in the batch, or
+    whose negatives do not fit in what is left of it, waits for the next batch (first in line). The last partial batch is dropped when there is a full
     one. Batches have ``min(batch_size, number of groups)`` rows.
 
     Args:
@@ -80,29 +80,36 @@ class UniqueGroupBatches(EpochBatches):
             order = order[np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
         pending, batches = deque(int(r) for r in order), []
         while pending:
-            batch = self._fill(pending)
-            if len(batch) < self.size and batches:
-                break  # a last partial batch has few negatives
+            batch, crowded = self._fill(pending)
+            if len(batch) < self.size and not crowded and batches:
+                break  # the rows left all share the batch's groups: the epoch's tail
             batches.append(batch)
         self._cache = (self.epoch, batches)
         return batches
 
-    def _fill(self, pending: deque[int]) -> list[int]:
-        """One batch from the front of ``pending``; rows of groups already in it wait."""
+    def _fill(self, pending: deque[int]) -> tuple[list[int], bool]:
+        """One batch from the front of ``pending`` (rows of groups already in it wait), and
+        whether a row waits only because its negatives did not fit (the batch is as full as
+        rows with negatives allow)."""
         batch: list[int] = []
         seen: set[int] = set()
         waiting: list[int] = []
+        crowded = False
         while pending and len(batch) < self.size:
             r = pending.popleft()
-            if self.groups[r] in seen:
-                waiting.append(r)
+            negs = [x for x in self.negatives.get(r, ()) if self.groups[x] not in seen]
+            room = self.size - len(batch)
+            no_room = room < 1 + len(negs) and bool(batch) and bool(negs)
+            if self.groups[r] in seen or no_room:
+                waiting.append(r)  # next batch: its group is taken, or its negatives do not fit
+                crowded = crowded or (no_room and self.groups[r] not in seen)
                 continue
-            for x in (r, *self.negatives.get(r, ())):
+            for x in (r, *negs):
                 if len(batch) < self.size and self.groups[x] not in seen:
                     batch.append(x)
                     seen.add(int(self.groups[x]))
         pending.extendleft(reversed(waiting))
-        return batch
+        return batch, crowded
 
     def __len__(self) -> int:
         return max(1, len(self.global_batches()))

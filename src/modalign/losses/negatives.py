@@ -6,7 +6,8 @@
   InfoNCE exactly (tested).
 * ``debiased`` (Chuang et al., NeurIPS 2020): InfoNCE whose negative term is corrected for the
   chance ``tau_plus`` that an in-batch "negative" is really a positive (same class, a
-  near-duplicate). ``tau_plus = 0`` is InfoNCE exactly (tested).
+  near-duplicate). ``tau_plus = 0`` is InfoNCE exactly for paired rows (tested); with several
+  positives each positive is scored against the negatives alone, as in the paper.
 * :func:`uniformity_loss` (Wang and Isola, ICML 2020): ``log E exp(-t ||x - y||^2)`` over pairs
   of one modality's embeddings; added by the objectives when ``loss.uniformity > 0``, it spreads
   each modality over the sphere (one lever on the modality gap).
