@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -90,7 +91,9 @@ def run_fold(
     if mine:
         negatives = mine_negatives(trainer, mine, work / "negatives.csv")
         shutil.rmtree(run_dir, ignore_errors=True)
-        trainer = Trainer(load_config(CONFIG, sets + overrides + [f"data.negatives={negatives}"]), run_dir)
+        trainer = Trainer(
+            load_config(CONFIG, sets + overrides + [f"data.negatives={negatives}"]), run_dir
+        )
         metrics = trainer.fit()
     if baselines is not None and baselines.exists():
         return {"model": metrics, **json.loads(baselines.read_text())}
@@ -171,10 +174,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--demo-dir", type=Path, default=None, help="reuse a demo output folder")
     p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared, loaded machine the thread barriers "
+        "of small matrices cost more than they save)",
+    )
+    p.add_argument(
         "--mine", type=int, default=0, help="train, mine this many negatives per row, train again"
     )
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     import pandas as pd
 
@@ -205,7 +218,9 @@ def main(argv: list[str] | None = None) -> None:
                         fold_manifest, demo_dir / "features", overrides, work, cached, args.mine
                     )
                 )
-        print(json.dumps(summarise(name, folds)), flush=True)
+        summary = summarise(name, folds)
+        summary["load_average"] = [round(x, 1) for x in os.getloadavg()]
+        print(json.dumps(summary), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 

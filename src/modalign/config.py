@@ -132,7 +132,9 @@ class LossConfig:
         _require(t is None or t > 0, "loss.init_temperature", t, "positive")
         t = self.final_temperature
         _require(t is None or t > 0, "loss.final_temperature", t, "positive")
-        _require(self.temperature_steps >= 1, "loss.temperature_steps", self.temperature_steps, ">= 1")
+        _require(
+            self.temperature_steps >= 1, "loss.temperature_steps", self.temperature_steps, ">= 1"
+        )
         _require(self.uniformity >= 0, "loss.uniformity", self.uniformity, ">= 0")
         for pair, w in self.weights.items():
             _require(w >= 0, f"loss.weights.{pair}", w, ">= 0")

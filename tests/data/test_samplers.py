@@ -19,7 +19,9 @@ def test_no_two_rows_of_one_group_in_a_global_batch(world: int) -> None:
     rng = np.random.default_rng(0)
     groups = np.concatenate([np.zeros(30, dtype=np.int64), rng.integers(1, 60, size=270)])
     rows = np.arange(300)
-    negatives = {int(r): [int(x) for x in rng.choice(300, 3) if groups[x] != groups[r]] for r in rows[::7]}
+    negatives = {
+        int(r): [int(x) for x in rng.choice(300, 3) if groups[x] != groups[r]] for r in rows[::7]
+    }
     shards = [
         UniqueGroupBatches(rows, groups, 32, seed=1, rank=r, world_size=world, negatives=negatives)
         for r in range(world)
@@ -82,5 +84,5 @@ def test_negatives_from_column_and_file_with_clear_errors(tmp_path: Path) -> Non
     cfg = load_config(None, ["train.sampler=random"])
     with pytest.raises(ConfigError, match="unique_groups"):
         build_sampler(_data(tmp_path, "r4"), cfg.train)
-    with pytest.raises(ConfigError, match="train.sampler 'nope'"):
+    with pytest.raises(ConfigError, match=r"train\.sampler 'nope'"):
         build_sampler(data, load_config(None, ["train.sampler=nope"]).train)

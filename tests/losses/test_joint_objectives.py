@@ -31,7 +31,8 @@ def naive_symile(embs, scale, groups, perms):  # type: ignore[no-untyped-def]
         others = [o for o in range(k) if o != q]
         losses = []
         for i in range(n):
-            def mip(rows):  # type: ignore[no-untyped-def]
+
+            def mip(rows, q=q, i=i, others=others):  # type: ignore[no-untyped-def]
                 v = embs[q][i]
                 for o, r in zip(others, rows, strict=True):
                     v = v * embs[o][r]
@@ -132,13 +133,16 @@ GROUPS = torch.tensor([0, 1, 2, 3, 4, 1, 5])
 def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
-        m: F.normalize(torch.randn(int(p.sum()), 4, generator=g, dtype=torch.float64), dim=1)
-        .requires_grad_()
+        m: F.normalize(
+            torch.randn(int(p.sum()), 4, generator=g, dtype=torch.float64), dim=1
+        ).requires_grad_()
         for m, p in PRESENT.items()
     }
 
 
-def _rows(emb: dict[str, torch.Tensor], subset: tuple[str, ...]) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _rows(
+    emb: dict[str, torch.Tensor], subset: tuple[str, ...]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     rows = torch.stack([PRESENT[m] for m in subset]).all(0)
     parts = [emb[m][(torch.cumsum(PRESENT[m].long(), 0) - 1)[rows]] for m in subset]
     return parts, GROUPS[rows]
@@ -173,7 +177,11 @@ def test_joint_objective_terms_are_the_subset_losses_of_the_rows_holding_them(na
 def test_batch_without_trainable_term_is_skipped(name: str) -> None:
     obj = build_objective(LossConfig(objective=name, anchor="a"), ["a", "b", "c"], 4)
     one_row = {m: torch.tensor([True]) for m in "abc"}
-    lonely = {"a": torch.tensor([True, False]), "b": torch.tensor([False, True]), "c": torch.tensor([False, False])}
+    lonely = {
+        "a": torch.tensor([True, False]),
+        "b": torch.tensor([False, True]),
+        "c": torch.tensor([False, False]),
+    }
     assert not obj.plan(one_row) and not obj.plan(lonely)
 
 
@@ -187,7 +195,7 @@ def test_pair_weights_and_uniformity_enter_the_total() -> None:
     unif = torch.stack([terms[f"uniformity_{m}"] for m in "abc"]).mean()
     want = (3 * terms["a_b"] + terms["a_c"]) / 4 + 0.5 * unif
     assert torch.allclose(obj.total(terms), want)
-    with pytest.raises(ConfigError, match="loss.weights.a-d"):
+    with pytest.raises(ConfigError, match=r"loss\.weights\.a-d"):
         build_objective(LossConfig(weights={"a-d": 1.0}), ["a", "b", "c"], 4)
     with pytest.raises(ConfigError, match="pairwise"):
         build_objective(LossConfig(objective="gram", weights={"a-b": 1.0}), ["a", "b", "c"], 4)

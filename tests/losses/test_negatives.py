@@ -41,7 +41,9 @@ def naive_hn_nce(x, y, scale, gx, gy, alpha, beta):  # type: ignore[no-untyped-d
     logits = scale * x @ y.T
     pos = _pos(gx, gy, x.shape[0], y.shape[0])
     pos_t = [list(r) for r in zip(*pos, strict=True)]
-    return (_naive_direction(logits, pos, per_pair) + _naive_direction(logits.T, pos_t, per_pair)) / 2
+    return (
+        _naive_direction(logits, pos, per_pair) + _naive_direction(logits.T, pos_t, per_pair)
+    ) / 2
 
 
 def naive_debiased(x, y, scale, gx, gy, tau):  # type: ignore[no-untyped-def]
@@ -55,7 +57,9 @@ def naive_debiased(x, y, scale, gx, gy, tau):  # type: ignore[no-untyped-def]
     logits = scale * x @ y.T
     pos = _pos(gx, gy, x.shape[0], y.shape[0])
     pos_t = [list(r) for r in zip(*pos, strict=True)]
-    return (_naive_direction(logits, pos, per_pair) + _naive_direction(logits.T, pos_t, per_pair)) / 2
+    return (
+        _naive_direction(logits, pos, per_pair) + _naive_direction(logits.T, pos_t, per_pair)
+    ) / 2
 
 
 def _inputs(n: int, m: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +96,9 @@ def test_debiased_matches_loop_in_value_and_gradient(gx, gy, n, m, scale) -> Non
     got = debiased_loss(x, y, torch.tensor(scale, dtype=torch.float64), None, tx, ty, tau_plus=0.1)
     want = naive_debiased(x, y, scale, gx, gy, 0.1)
     assert torch.allclose(got, want, atol=1e-9)
-    for a, b in zip(torch.autograd.grad(got, (x, y)), torch.autograd.grad(want, (x, y)), strict=True):
+    for a, b in zip(
+        torch.autograd.grad(got, (x, y)), torch.autograd.grad(want, (x, y)), strict=True
+    ):
         assert torch.allclose(a, b, atol=1e-9)
 
 

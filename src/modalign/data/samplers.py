@@ -78,7 +78,8 @@ class UniqueGroupBatches(EpochBatches):
         order = self.rows
         if self.shuffle:
             order = order[np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
-        pending, batches = deque(int(r) for r in order), []
+        pending = deque(int(r) for r in order)
+        batches: list[list[int]] = []
         while pending:
             batch, crowded = self._fill(pending)
             if len(batch) < self.size and not crowded and batches:
@@ -175,7 +176,10 @@ def load_negatives(data: PairedData, path: str = "") -> dict[int, list[int]]:
     kept = {r: [n for n in negs if train[n]] for r, negs in found.items() if train[r]}
     dropped = sum(len(v) for v in found.values()) - sum(len(v) for v in kept.values())
     if dropped:
-        log.warning("explicit negatives: %d outside the train split (or of non-train rows) left out", dropped)
+        log.warning(
+            "explicit negatives: %d outside the train split (or of non-train rows) left out",
+            dropped,
+        )
     return {r: list(dict.fromkeys(v)) for r, v in kept.items() if v}
 
 
@@ -188,9 +192,7 @@ def random_batches(data: PairedData, cfg: TrainConfig, rank: int, world: int) ->
 
 
 @SAMPLERS.register("unique_groups")
-def unique_group_batches(
-    data: PairedData, cfg: TrainConfig, rank: int, world: int
-) -> EpochBatches:
+def unique_group_batches(data: PairedData, cfg: TrainConfig, rank: int, world: int) -> EpochBatches:
     """At most one row per group in a batch, explicit negatives with their rows."""
     return UniqueGroupBatches(
         data.rows("train"), row_groups(data.manifest), cfg.batch_size, cfg.seed,
@@ -198,7 +200,9 @@ def unique_group_batches(
     )  # fmt: skip
 
 
-def build_sampler(data: PairedData, cfg: TrainConfig, rank: int = 0, world: int = 1) -> EpochBatches:
+def build_sampler(
+    data: PairedData, cfg: TrainConfig, rank: int = 0, world: int = 1
+) -> EpochBatches:
     """The sampler ``cfg.sampler`` names, for this process."""
     if cfg.sampler not in SAMPLERS:
         known = ", ".join(SAMPLERS.names())

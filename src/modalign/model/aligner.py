@@ -66,7 +66,11 @@ class Aligner(nn.Module):
         self.max_log_scale = math.log(max_scale)
         self.schedule: tuple[float, float, int] | None = None
         if final_temperature is not None:  # a fixed schedule, saved with the weights to resume
-            self.schedule = (-math.log(init_temperature), -math.log(final_temperature), temperature_steps)
+            self.schedule = (
+                -math.log(init_temperature),
+                -math.log(final_temperature),
+                temperature_steps,
+            )
             self.register_buffer("temperature_step", torch.zeros((), dtype=torch.long))
         self.bias = None if init_bias is None else nn.Parameter(torch.tensor(float(init_bias)))
 
@@ -92,7 +96,8 @@ class Aligner(nn.Module):
         if self.schedule is None:
             return self.log_scale.exp()
         start, end, steps = self.schedule
-        progress = min(1.0, float(self.temperature_step) / steps)
+        step = self.get_buffer("temperature_step")
+        progress = min(1.0, float(step) / steps)
         return self.log_scale.new_tensor(math.exp(start + (end - start) * progress))
 
     @torch.no_grad()
@@ -101,7 +106,7 @@ class Aligner(nn.Module):
         after each optimiser step)."""
         self.log_scale.clamp_(max=self.max_log_scale)
         if self.schedule is not None:
-            self.temperature_step += 1
+            self.get_buffer("temperature_step").add_(1)
 
     def encode(self, modality: str, inputs: Any) -> Tensor:
         """(B, D) unit-norm embeddings of one modality's batch."""

@@ -48,9 +48,7 @@ def all_subsets(modalities: Sequence[str]) -> list[Subset]:
     return [s for k in range(len(modalities), 1, -1) for s in combinations(modalities, k)]
 
 
-def row_blocks(
-    per_rows: Callable[[int, int], Tensor], n: int, tile: int | None
-) -> Tensor:
+def row_blocks(per_rows: Callable[[int, int], Tensor], n: int, tile: int | None) -> Tensor:
     """``cat(per_rows(start, stop))`` over blocks of ``tile`` rows, each checkpointed.
 
     Only one block's intermediates are alive at a time, in the forward pass and (recomputed) in
@@ -62,7 +60,7 @@ def row_blocks(
     parts = [
         checkpoint(per_rows, s, min(s + size, n), use_reentrant=False) for s in range(0, n, size)
     ]
-    return torch.cat(parts)  # type: ignore[arg-type]
+    return torch.cat(parts)
 
 
 class JointObjective(Objective):
@@ -87,7 +85,9 @@ class JointObjective(Objective):
         )
         name = type(self).__name__
         if pairs or weights:
-            raise ConfigError(f"loss.pairs and loss.weights apply to pairwise objectives, not {name}")
+            raise ConfigError(
+                f"loss.pairs and loss.weights apply to pairwise objectives, not {name}"
+            )
         if anchor is not None and anchor not in self.modalities:
             raise ConfigError(f"loss.anchor names {anchor!r}, which is not a modality")
         if len(self.modalities) > MAX_MODALITIES:

@@ -28,6 +28,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -84,25 +85,32 @@ def symile_loss(
         positive = _product(others)  # (N, D): row i's own product
         negative = _product([o[p] for o, p in zip(others, perms[q], strict=True)])  # (N, D)
         cand_groups = torch.stack([g[p] for p in perms[q]])  # (K-1, N)
-        total = total + row_blocks(
-            lambda a, b, q=q, pos=positive, neg=negative, cg=cand_groups: _query_rows(
-                embs[q][a:b], pos[a:b], neg, cg, g[a:b], a, scale
-            ),
-            n,
-            tile_size,
-        ).mean()
+        per_rows = functools.partial(
+            _query_rows, embs[q], positive, negative, cand_groups, g, scale=scale
+        )
+        total = total + row_blocks(per_rows, n, tile_size).mean()
     return total / k
 
 
 def _query_rows(
-    x: Tensor, pos: Tensor, neg: Tensor, cand_groups: Tensor, g: Tensor, start: int, scale: Tensor
+    query: Tensor,
+    positive: Tensor,
+    neg: Tensor,
+    cand_groups: Tensor,
+    groups: Tensor,
+    start: int,
+    stop: int,
+    scale: Tensor,
 ) -> Tensor:
-    """(T,) cross-entropies of queries ``x`` (T, D) against their positive and the candidates."""
+    """(T,) cross-entropies of query rows ``start:stop`` against their positive and the N
+    shuffled candidates ``neg`` (N, D) (rows j == i and candidates that are positives left out)."""
+    x, pos, g = query[start:stop], positive[start:stop], groups[start:stop]  # (T, D), (T, D), (T,)
     pos_logit = scale * (x * pos).sum(1)  # (T,)
     neg_logit = scale * (x @ neg.T)  # (T, N)
     rows = torch.arange(start, start + x.shape[0], device=x.device)
     own = rows[:, None] == torch.arange(neg.shape[0], device=x.device)[None, :]  # (T, N): j == i
-    same = (cand_groups[:, None, :] == g[None, :, None]).all(0)  # (T, N): a positive, not a negative
+    # (T, N): a candidate whose every row is in the query's group is a positive, not a negative
+    same = (cand_groups[:, None, :] == g[None, :, None]).all(0)
     neg_logit = neg_logit.masked_fill(own | same, -math.inf)
     logits = torch.cat([pos_logit[:, None], neg_logit], 1)  # (T, 1 + N)
     return torch.logsumexp(logits, 1) - pos_logit
