@@ -138,6 +138,7 @@ def summarise(name: str, folds: list[dict[str, dict]]) -> dict:
         model = np.array([f["model"].get(key, np.nan) for f in folds])
         out[f"{d}/model"] = round(float(model.mean()), 4)
         out[f"{d}/model/se"] = round(float(model.std(ddof=1) / np.sqrt(len(model))), 4)
+        out[f"{d}/model/per_fold"] = [round(float(v), 4) for v in model]  # to pair recipes
         for b in folds[0]:
             if b == "model" or not all(key in f[b] for f in folds):
                 continue
