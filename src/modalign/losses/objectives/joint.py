@@ -53,6 +53,12 @@ def row_blocks(per_rows: Callable[[int, int], Tensor], n: int, tile: int | None)
 
     Only one block's intermediates are alive at a time, in the forward pass and (recomputed) in
     the backward pass. One block: a plain call.
+
+    Example:
+        >>> x = torch.arange(5.0, requires_grad=True)
+        >>> out = row_blocks(lambda a, b: x[a:b] ** 2, 5, tile=2)
+        >>> out.tolist(), torch.autograd.grad(out.sum(), x)[0].tolist()
+        ([0.0, 1.0, 4.0, 9.0, 16.0], [0.0, 2.0, 4.0, 6.0, 8.0])
     """
     size = tile or DEFAULT_TILE
     if n <= size or not torch.is_grad_enabled():
