@@ -18,6 +18,11 @@ Usage (features come from the demo's feature cache; the first run fills it, abou
     python benchmarks/bench_tuxpaint_cv.py                            # the demo's own recipe
     python benchmarks/bench_tuxpaint_cv.py --recipe demo \\
         --recipe scratch-mlp 'model.head.init=random' 'model.head.kind=mlp' 'train.lr=1e-3'
+    python benchmarks/bench_tuxpaint_cv.py --recipe symile loss.objective=symile \\
+        --recipe gram loss.objective=gram --recipe hn_nce loss.name=hn_nce
+    python benchmarks/bench_tuxpaint_cv.py --recipe mined --mine 5   # mined explicit negatives
+
+Baselines are cached per fold in ``DEMO_DIR/baselines/`` (pass ``--demo-dir`` to reuse them).
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-DIRECTIONS = (("image", "caption"), ("caption", "image"))  # (query, gallery)
+DIRECTIONS = ("image_to_caption", "caption_to_image")
+"""The demo's headline directions; ``summarise`` reports every direction the model scores."""
 
 
 def fold_splits(
@@ -53,34 +61,89 @@ def fold_splits(
     )
 
 
-def run_fold(manifest: Path, features: Path, overrides: list[str], work: Path) -> dict[str, dict]:
-    """Train the demo's recipe on one fold's manifest; model and baseline test metrics."""
+def run_fold(
+    manifest: Path,
+    features: Path,
+    overrides: list[str],
+    work: Path,
+    baselines: Path | None = None,
+    mine: int = 0,
+) -> dict[str, dict]:
+    """Train the demo's recipe on one fold's manifest; model and baseline test metrics.
+
+    Baselines depend only on the fold, so they are read from ``baselines`` (a JSON file) when
+    it exists and written there otherwise. ``mine > 0``: train once, mine each train row's
+    ``mine`` hardest negatives with that model (``modalign.train.mine``), train again with them
+    (``data.negatives``) and score the second model.
+    """
     from modalign.config import load_config
     from modalign.demo import CONFIG, score_baselines
+    from modalign.io import write_json_atomic
     from modalign.train.loop import Trainer
 
     sets = [f"data.manifest={manifest}", "eval.splits=[test]", "train.tensorboard=false"]
-    sets += [f"data.features.{m}={features / (m + '.npy')}" for m in ("image", "caption", "sound")]
+    modalities = load_config(CONFIG).data.modalities
+    sets += [f"data.features.{m}={features / (m + '.npy')}" for m in modalities]
     cfg = load_config(CONFIG, sets + overrides)
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     trainer = Trainer(cfg, run_dir)
     metrics = trainer.fit()
-    return {"model": metrics, **score_baselines(trainer.parts, cfg.eval)}
+    if mine:
+        negatives = mine_negatives(trainer, mine, work / "negatives.csv")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        trainer = Trainer(
+            load_config(CONFIG, sets + overrides + [f"data.negatives={negatives}"]), run_dir
+        )
+        metrics = trainer.fit()
+    if baselines is not None and baselines.exists():
+        return {"model": metrics, **json.loads(baselines.read_text())}
+    scores = score_baselines(trainer.parts, cfg.eval)
+    if baselines is not None:
+        write_json_atomic(baselines, scores)
+    return {"model": metrics, **scores}
+
+
+def mine_negatives(trainer: object, k: int, out: Path) -> Path:
+    """Write the ``k`` hardest negatives of every train row under the trained model (as
+    ``modalign mine`` does) and return the file."""
+    import csv
+
+    from modalign.data.samplers import SEPARATOR
+    from modalign.model.inference import embed_split
+    from modalign.train.mine import hardest_negatives
+
+    emb = embed_split(trainer.model, trainer.parts.data, "train")  # type: ignore[attr-defined]
+    idx, _ = hardest_negatives(emb, k)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "negatives"])
+        for key, row in zip(emb.ids, idx, strict=True):
+            writer.writerow([key, SEPARATOR.join(emb.ids[j] for j in row if j >= 0)])
+    return out
+
+
+def directions(metrics: dict[str, float]) -> list[Any]:
+    """Every retrieval direction (``Direction``) with a held-out recall@1 in ``metrics``."""
+    from modalign.types import MetricKey, headline_keys
+
+    return sorted((MetricKey.parse(k).subject for k in headline_keys(metrics)), key=str)
 
 
 def summarise(name: str, folds: list[dict[str, dict]]) -> dict:
-    """Mean held-out recall@1 per direction and paired model - baseline differences."""
-    out: dict = {"recipe": name, "folds": len(folds)}
-    from modalign.types import Direction, MetricKey
+    """Mean held-out recall@1 per direction (with its standard error over folds) and the paired
+    model - baseline differences in every direction a baseline scores on every fold."""
+    from modalign.types import MetricKey
 
-    for query, gallery in DIRECTIONS:
-        d = Direction(query, gallery)
+    out: dict = {"recipe": name, "folds": len(folds)}
+    for d in directions(folds[0]["model"]):
         key = MetricKey("test", d, "recall@1").flatten()
-        model = np.array([f["model"][key] for f in folds])
+        model = np.array([f["model"].get(key, np.nan) for f in folds])
         out[f"{d}/model"] = round(float(model.mean()), 4)
+        out[f"{d}/model/se"] = round(float(model.std(ddof=1) / np.sqrt(len(model))), 4)
+        out[f"{d}/model/per_fold"] = [round(float(v), 4) for v in model]  # to pair recipes
         for b in folds[0]:
-            if b == "model":
+            if b == "model" or not all(key in f[b] for f in folds):
                 continue
             base = np.array([f[b][key] for f in folds])
             diff = model - base
@@ -92,6 +155,13 @@ def summarise(name: str, folds: list[dict[str, dict]]) -> dict:
                 int((diff == 0).sum()),
                 int((diff < 0).sum()),
             ]
+        margins = [
+            out[f"{d}/model-{b}"] - 2 * out[f"{d}/model-{b}/se"]
+            for b in folds[0]
+            if f"{d}/model-{b}" in out
+        ]
+        if margins:  # the demo's bar: beat every baseline by two standard errors
+            out[f"{d}/bar_margin"] = round(min(margins), 4)
     return out
 
 
@@ -107,8 +177,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--demo-dir", type=Path, default=None, help="reuse a demo output folder")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared, loaded machine the thread barriers "
+        "of small matrices cost more than they save)",
+    )
+    p.add_argument(
+        "--mine", type=int, default=0, help="train, mine this many negatives per row, train again"
+    )
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     import pandas as pd
 
@@ -132,8 +215,16 @@ def main(argv: list[str] | None = None) -> None:
                 fold["split"] = fold_splits(groups, args.folds, i, seed)
                 fold_manifest = work / f"fold_{seed}_{i}.csv"
                 fold.to_csv(fold_manifest, index=False)
-                folds.append(run_fold(fold_manifest, demo_dir / "features", overrides, work))
-        print(json.dumps(summarise(name, folds)), flush=True)
+                cached = demo_dir / "baselines" / f"folds{args.folds}_seed{seed}_fold{i}.json"
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                folds.append(
+                    run_fold(
+                        fold_manifest, demo_dir / "features", overrides, work, cached, args.mine
+                    )
+                )
+        summary = summarise(name, folds)
+        summary["load_average"] = [round(x, 1) for x in os.getloadavg()]
+        print(json.dumps(summary), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -43,11 +43,17 @@ def draw_stamps(root: Path, copies: int = 5) -> Path:
                 stem.with_suffix(".txt").write_text(
                     f"A {name} {shape} number {k}.\n", encoding="utf-8"
                 )
+                t = np.arange(8000) / 16000
                 if k % 2 == 0:
-                    t = np.arange(8000) / 16000
                     sf.write(
                         stem.with_suffix(".ogg"),
                         np.sin(2 * np.pi * 220 * (c + 1) * t).astype(np.float32),
+                        16000,
+                    )
+                if k < 3:  # a spoken description: here a tone whose pitch follows the shape
+                    sf.write(
+                        folder / f"{stem.name}_desc.ogg",
+                        np.sin(2 * np.pi * 300 * (SHAPES.index(shape) + 1) * t).astype(np.float32),
                         16000,
                     )
     return root
@@ -66,6 +72,7 @@ def test_demo_smoke_run_writes_metrics_baselines_and_report(tmp_path: Path) -> N
         "test/image_to_caption/recall@1",
         "test/caption_to_image/recall@1",
         "test/sound_to_caption/recall@1",
+        "test/description_to_image/recall@1",
     } <= metrics.keys()
     assert set(baselines) == {"random", "procrustes", "cca"}
     for scores in baselines.values():

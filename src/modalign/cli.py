@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "modalign.commands.index",
     "modalign.commands.search",
     "modalign.commands.serve",
+    "modalign.commands.mine",
 ]
 
 

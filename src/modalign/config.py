@@ -10,7 +10,7 @@ Example:
     >>> load_config(None, ["train.lrr=1"])
     Traceback (most recent call last):
     ...
-    modalign.errors.ConfigError: unknown key 'train.lrr'; valid keys in 'train': accumulate, batch_size, chunk_size, device, early_stopping, epochs, grad_clip, log_every, lr, min_lr_ratio, num_workers, seed, tensorboard, warmup_steps, weight_decay
+    modalign.errors.ConfigError: unknown key 'train.lrr'; valid keys in 'train': accumulate, batch_size, chunk_size, device, early_stopping, epochs, grad_clip, log_every, lr, min_lr_ratio, num_workers, sampler, seed, tensorboard, warmup_steps, weight_decay
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ class DataConfig:
         default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1}
     )
     split_seed: int = 0
+    negatives: str = ""  # a CSV (id, negatives) of explicit negatives, e.g. from `modalign mine`
     skip_bad_rows: bool = False
     min_rows: int = 8
     frame_cache: str | None = "auto"
@@ -169,14 +170,25 @@ class LossConfig:
     ``init_temperature`` and ``init_bias`` default to the loss's registered values (0.07 for
     InfoNCE as in CLIP; 0.1 and -10 for SigLIP as in its paper). ``tile_size`` bounds the loss's
     memory (None: the engine's default).
+
+    Several modalities (``modalign.losses.objectives``): ``weights`` weighs pairs of
+    ``all_pairs``/``anchor`` (``{"image-caption": 2.0}``; unlisted pairs weigh 1); ``symile`` and
+    ``gram`` see all modalities at once. Modality gap: ``learn_temperature: false`` fixes the
+    temperature; ``final_temperature`` moves it geometrically from the initial one to this value
+    over ``temperature_steps`` optimiser steps (not learnt); ``uniformity`` adds that weight
+    times the uniformity term of Wang and Isola (2020) per modality.
     """
 
     name: str = "infonce"
     objective: str = "all_pairs"
     anchor: str | None = None
     pairs: tuple[tuple[str, str], ...] = ()
+    weights: dict[str, float] = field(default_factory=dict)
     init_temperature: float | None = None
     learn_temperature: bool = True
+    final_temperature: float | None = None
+    temperature_steps: int = 1000
+    uniformity: float = 0.0
     max_scale: float = 100.0
     init_bias: float | None = None
     tile_size: int | None = None
@@ -200,6 +212,14 @@ class LossConfig:
         )
         b = self.init_bias
         _require(b is None or _finite(b), "loss.init_bias", b, "finite or null")
+        t = self.final_temperature
+        _require(t is None or t > 0, "loss.final_temperature", t, "positive")
+        _require(
+            self.temperature_steps >= 1, "loss.temperature_steps", self.temperature_steps, ">= 1"
+        )
+        _require(self.uniformity >= 0, "loss.uniformity", self.uniformity, ">= 0")
+        for pair, w in self.weights.items():
+            _require(w >= 0, f"loss.weights.{pair}", w, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -236,6 +256,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 10
     tensorboard: bool = True
+    sampler: str = "unique_groups"  # a key of modalign.data.samplers.SAMPLERS
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def __post_init__(self) -> None:
@@ -473,6 +494,7 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
         frame_cache=cfg.data.frame_cache
         if cfg.data.frame_cache in (None, "auto")
         else anchor(cfg.data.frame_cache),
+        negatives=anchor(cfg.data.negatives),
     )
     return dataclasses.replace(cfg, data=data)
 

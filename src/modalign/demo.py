@@ -1,4 +1,5 @@
-"""The demo: align Tux Paint images, captions and sounds with real pretrained encoders.
+"""The demo: align Tux Paint images, captions, sounds and spoken descriptions with real
+pretrained encoders.
 
 It reads top to bottom like README's paragraph: build the manifest from the installed stamps,
 embed every item with frozen encoders into a feature cache (a second run reuses it), train heads
@@ -155,7 +156,7 @@ def write_demo_report(
     path = trainer.run_dir / "report.html"
     rp.write_report(
         path,
-        "modalign demo: Tux Paint images, captions and sounds",
+        "modalign demo: Tux Paint images, captions, sounds and spoken descriptions",
         sections,
         subtitle=f"test split, {len(emb)} stamps; frozen EfficientNet-Lite0, all-MiniLM-L6-v2 and log-mel statistics",
     )

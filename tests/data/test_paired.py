@@ -94,7 +94,8 @@ def test_empty_train_split_and_too_few_rows(tmp_path: Path) -> None:
 def test_config_mistakes(tmp_path: Path) -> None:
     base = write_case(tmp_path)
     with pytest.raises(
-        ConfigError, match=r"loss\.name 'triplet' is unknown; known: infonce, siglip"
+        ConfigError,
+        match=r"loss\.name 'triplet' is unknown; known: debiased, hn_nce, infonce, siglip",
     ):
         build_parts(load_config(None, [*base, "loss.name=triplet"]))
     with pytest.raises(ConfigError, match=r"model\.encoders\.image\.name 'vit' is unknown"):

@@ -74,7 +74,8 @@ def test_anchor_pair_of_all_pairs_prefers_the_anchor() -> None:
 
 def test_config_errors_name_the_key() -> None:
     with pytest.raises(
-        ConfigError, match=r"loss\.objective 'symile2' is unknown; known: all_pairs, anchor"
+        ConfigError,
+        match=r"loss\.objective 'symile2' is unknown; known: all_pairs, anchor, gram, symile",
     ):
         build_objective(load_config(None, ["loss.objective=symile2"]).loss, ["a", "b"], 4)
     with pytest.raises(ConfigError, match=r"loss\.anchor names 'x'"):

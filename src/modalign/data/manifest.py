@@ -3,7 +3,8 @@
 A modality cell holds a file path (relative to the manifest's folder, or absolute), an inline
 text, or an id into a feature store. An empty cell means that modality is missing for the row.
 Optional columns: ``id`` (defaults to the row number), ``group`` (rows sharing a group are all
-positives of each other) and ``split`` (``train``/``val``/``test``; otherwise a seeded split).
+positives of each other), ``split`` (``train``/``val``/``test``; otherwise a seeded split) and
+``negatives`` (``|``-separated ids of rows that must score below the row's positives).
 A modality column's name must fit in a metric key (see :func:`modalign.types.name_problem`):
 ``speech_to_text`` is refused, since ``speech_to_text_to_image`` would read two ways.
 
@@ -30,7 +31,7 @@ import pandas as pd
 from modalign.errors import DataError
 from modalign.types import name_problem
 
-RESERVED_COLUMNS = ("id", "group", "split", "label")
+RESERVED_COLUMNS = ("id", "group", "split", "label", "negatives")
 SPLITS = ("train", "val", "test")
 
 
@@ -52,6 +53,7 @@ class Manifest:
     groups: np.ndarray | None = None
     splits: list[str] | None = None
     labels: list[str | None] | None = None
+    negatives: list[str | None] | None = None  # "|"-separated ids (``modalign.data.samplers``)
 
     @property
     def modalities(self) -> list[str]:
@@ -241,6 +243,7 @@ def read_manifest(path: str | Path, modalities: Sequence[str] | None = None) -> 
         groups=_read_groups(frame),
         splits=_read_splits(frame, path, ids),
         labels=frame.get("label"),
+        negatives=frame.get("negatives"),
     )
 
 

@@ -88,6 +88,7 @@ class PairedData:
         cfg: DataConfig,
     ) -> None:
         self.manifest = manifest
+        self.negatives_path = cfg.negatives  # explicit negatives file (modalign.data.samplers)
         self.stores = dict(stores)
         self.encoders = dict(encoders)
         self.modalities = list(encoders)

@@ -43,6 +43,8 @@ class Aligner(nn.Module):
         learn_temperature: bool = True,
         max_scale: float = 100.0,
         init_bias: float | None = None,
+        final_temperature: float | None = None,
+        temperature_steps: int = 1000,
     ) -> None:
         super().__init__()
         if set(encoders) != set(heads):
@@ -56,10 +58,20 @@ class Aligner(nn.Module):
         for enc in self.encoders.values():
             if getattr(enc, "frozen", False):
                 enc.requires_grad_(False)
+        scheduled = final_temperature is not None
         self.log_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / init_temperature)), requires_grad=learn_temperature
+            torch.tensor(math.log(1.0 / init_temperature)),
+            requires_grad=learn_temperature and not scheduled,
         )
         self.max_log_scale = math.log(max_scale)
+        self.schedule: tuple[float, float, int] | None = None
+        if final_temperature is not None:  # a fixed schedule, saved with the weights to resume
+            self.schedule = (
+                -math.log(init_temperature),
+                -math.log(final_temperature),
+                temperature_steps,
+            )
+            self.register_buffer("temperature_step", torch.zeros((), dtype=torch.long))
         self.bias = None if init_bias is None else nn.Parameter(torch.tensor(float(init_bias)))
 
     @property
@@ -67,13 +79,34 @@ class Aligner(nn.Module):
         return list(self.encoders)
 
     def scale(self) -> Tensor:
-        """The inverse temperature, a 0-d tensor."""
-        return self.log_scale.exp()
+        """The inverse temperature, a 0-d tensor (scheduled: geometric from the initial to the
+        final temperature over ``temperature_steps`` optimiser steps, then constant).
+
+        Example:
+            >>> from modalign.encoders.features import PrecomputedEncoder
+            >>> from modalign.model.heads import LinearHead
+            >>> m = Aligner({"a": PrecomputedEncoder("a", input_dim=2)}, {"a": LinearHead(2, 2)},
+            ...             init_temperature=0.1, final_temperature=0.01, temperature_steps=2)
+            >>> for _ in range(3):
+            ...     print(round(m.scale().item(), 2)); m.clamp_scale()
+            10.0
+            31.62
+            100.0
+        """
+        if self.schedule is None:
+            return self.log_scale.exp()
+        start, end, steps = self.schedule
+        step = self.get_buffer("temperature_step")
+        progress = min(1.0, float(step) / steps)
+        return self.log_scale.new_tensor(math.exp(start + (end - start) * progress))
 
     @torch.no_grad()
     def clamp_scale(self) -> None:
-        """Keep the scale at or below ``max_scale`` (call after each optimiser step)."""
+        """Keep the scale at or below ``max_scale``, and advance a temperature schedule (call
+        after each optimiser step)."""
         self.log_scale.clamp_(max=self.max_log_scale)
+        if self.schedule is not None:
+            self.get_buffer("temperature_step").add_(1)
 
     def encode(self, modality: str, inputs: Any) -> Tensor:
         """(B, D) unit-norm embeddings of one modality's batch."""
@@ -114,5 +147,6 @@ def build_model(
     temperature = cfg.loss.init_temperature or spec.init_temperature
     bias = cfg.loss.init_bias if cfg.loss.init_bias is not None else spec.init_bias
     return Aligner(
-        encoders, heads, temperature, cfg.loss.learn_temperature, cfg.loss.max_scale, bias
-    )
+        encoders, heads, temperature, cfg.loss.learn_temperature, cfg.loss.max_scale, bias,
+        cfg.loss.final_temperature, cfg.loss.temperature_steps,
+    )  # fmt: skip

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from modalign import distributed
 from modalign.config import Config, TrainConfig, save_config
 from modalign.data.paired import Batch, BatchDataset, EpochBatches, PairedData, merge_chunks
+from modalign.data.samplers import build_sampler
 from modalign.errors import ConfigError, DataError
 from modalign.io import hold_folder, write_json_atomic
 from modalign.model.aligner import Aligner
@@ -89,9 +90,7 @@ def make_loader(
         raise ConfigError(
             f"train.batch_size={cfg.batch_size} must be divisible by the {world} processes"
         )
-    sampler = EpochBatches(
-        data.rows("train"), cfg.batch_size, cfg.seed, rank=distributed.rank(), world_size=world
-    )
+    sampler = build_sampler(data, cfg, distributed.rank(), world)
     loader = torch.utils.data.DataLoader(
         BatchDataset(data, cfg.chunk_size),
         sampler=sampler,

@@ -27,7 +27,8 @@ Pair = tuple[str, str]
 
 @OBJECTIVES.register("all_pairs")
 class AllPairsObjective(Objective):
-    """Mean of the pair loss over every pair of modalities (or ``loss.pairs``).
+    """Mean of the pair loss over every pair of modalities (or ``loss.pairs``), weighted by
+    ``loss.weights`` (``{"image-caption": 2.0}``; a pair of weight 0 is not trained).
 
     Example:
         >>> import torch.nn.functional as F
@@ -48,10 +49,19 @@ class AllPairsObjective(Objective):
         tile_size: int | None = None,
         anchor: str | None = None,
         pairs: Sequence[tuple[str, str]] = (),
+        weights: Mapping[str, float] | None = None,
+        uniformity: float = 0.0,
     ) -> None:
-        super().__init__(modalities, embed_dim, loss_name, tile_size, anchor, pairs)
+        super().__init__(
+            modalities, embed_dim, loss_name, tile_size, anchor, pairs, weights, uniformity
+        )
         _check_modality(anchor, self.modalities, "loss.anchor")
-        self.pairs = _check_pairs(pairs, self.modalities) or self.default_pairs()
+        pairs = _check_pairs(pairs, self.modalities) or self.default_pairs()
+        self.term_weights = _pair_weights(weights or {}, pairs)
+        # a pair weighing 0 is not trained (its pair is still evaluated)
+        self.pairs = [(a, b) for a, b in pairs if self.term_weights.get(f"{a}_{b}", 1.0) > 0]
+        if not self.pairs:
+            raise ConfigError("loss.weights: every pair weighs 0; nothing to train")
 
     def default_pairs(self) -> list[Pair]:
         """Every unordered pair of modalities, in manifest order."""
@@ -82,6 +92,7 @@ class AllPairsObjective(Objective):
             g = None if groups is None else groups[both].to(ea.device)
             x, y = ea[idx_a], eb[idx_b]  # (n, D) each
             out[f"{a}_{b}"] = pair_loss(self.loss_name, x, y, scale, bias, g, g, self.tile_size)
+        out.update(self.regularisers(emb))
         return out
 
     def anchor_pair(self) -> Pair:
@@ -119,3 +130,15 @@ def _check_pairs(pairs: Sequence[tuple[str, str]], modalities: list[str]) -> lis
         if a == b:
             raise ConfigError(f"loss.pairs: pair ({a}, {b}) aligns a modality with itself")
     return [(a, b) for a, b in pairs]
+
+
+def _pair_weights(weights: Mapping[str, float], pairs: list[Pair]) -> dict[str, float]:
+    """``{"a-b": w}`` (either order) -> ``{"a_b": w}`` keyed like the objective's terms."""
+    names = {f"{a}-{b}": f"{a}_{b}" for a, b in pairs} | {f"{b}-{a}": f"{a}_{b}" for a, b in pairs}
+    out = {}
+    for key, w in weights.items():
+        if key not in names:
+            known = ", ".join(f"{a}-{b}" for a, b in pairs)
+            raise ConfigError(f"loss.weights.{key}: not a trained pair (pairs: {known})")
+        out[names[key]] = float(w)
+    return out

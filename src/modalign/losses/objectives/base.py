@@ -22,9 +22,12 @@ from torch import Tensor
 from modalign import distributed
 from modalign.config import LossConfig
 from modalign.errors import ConfigError
+from modalign.losses.negatives import uniformity_loss
 from modalign.registry import Registry
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+UNIFORMITY = "uniformity_"
+"""Prefix of the regulariser terms that :meth:`Objective.total` adds with ``uniformity``."""
 
 
 class Objective(ABC):
@@ -38,6 +41,9 @@ class Objective(ABC):
         tile_size: tile side of the tiled kernels (None: the default).
         anchor: an anchor modality, or None.
         pairs: explicit modality pairs, or empty for the objective's default.
+        weights: ``{"a-b": w}`` per-pair weights (pairwise objectives; unlisted pairs weigh 1).
+        uniformity: weight of the uniformity term of each modality (0: none); see
+            :func:`modalign.losses.negatives.uniformity_loss`.
     """
 
     def __init__(
@@ -48,10 +54,14 @@ class Objective(ABC):
         tile_size: int | None = None,
         anchor: str | None = None,
         pairs: Sequence[tuple[str, str]] = (),
+        weights: Mapping[str, float] | None = None,
+        uniformity: float = 0.0,
     ) -> None:
         self.modalities, self.embed_dim = list(modalities), embed_dim
         self.loss_name, self.tile_size = loss_name, tile_size
         self.anchor = anchor
+        self.uniformity = uniformity
+        self.term_weights: dict[str, float] = {}  # term name -> weight; absent: 1
 
     @abstractmethod
     def plan(self, present: Mapping[str, Tensor], device: torch.device | None = None) -> Any:
@@ -80,8 +90,31 @@ class Objective(ABC):
         """
 
     def total(self, terms: Mapping[str, Tensor]) -> Tensor:
-        """The scalar to minimise: the mean of the terms."""
-        return torch.stack(list(terms.values())).mean()
+        """The scalar to minimise: the weighted mean of the contrastive terms (weights from
+        ``term_weights``), plus ``uniformity`` times the mean of the uniformity terms.
+
+        Example:
+            >>> class Two(Objective):
+            ...     plan = terms = anchor_pair = lambda *a: None
+            >>> obj = Two(["a", "b"], 4, uniformity=0.5)
+            >>> obj.term_weights = {"a_b": 3.0}
+            >>> t = {"a_b": torch.tensor(1.0), "x_y": torch.tensor(2.0), "uniformity_a": torch.tensor(-4.0)}
+            >>> obj.total(t).item()  # (3 * 1 + 1 * 2) / 4 + 0.5 * -4
+            -0.75
+        """
+        main = {k: v for k, v in terms.items() if not k.startswith(UNIFORMITY)}
+        reg = [v for k, v in terms.items() if k.startswith(UNIFORMITY)]
+        weights = [self.term_weights.get(k, 1.0) for k in main]
+        value = sum(w * v for w, v in zip(weights, main.values(), strict=True)) / sum(weights)
+        if reg:
+            value = value + self.uniformity * torch.stack(reg).mean()
+        return torch.as_tensor(value)
+
+    def regularisers(self, emb: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``uniformity_<modality>`` terms over this process's rows (none when the weight is 0)."""
+        if self.uniformity <= 0:
+            return {}
+        return {f"{UNIFORMITY}{m}": uniformity_loss(e) for m, e in emb.items() if e.shape[0] >= 2}
 
     @abstractmethod
     def anchor_pair(self) -> tuple[str, str]:
@@ -108,4 +141,7 @@ def build_objective(cfg: LossConfig, modalities: Sequence[str], embed_dim: int) 
         known = ", ".join(OBJECTIVES.names())
         raise ConfigError(f"loss.objective {cfg.objective!r} is unknown; known: {known}")
     cls = OBJECTIVES.get(cfg.objective)
-    return cls(modalities, embed_dim, cfg.name, cfg.tile_size, cfg.anchor, cfg.pairs)
+    return cls(
+        modalities, embed_dim, cfg.name, cfg.tile_size, cfg.anchor, cfg.pairs,
+        weights=cfg.weights, uniformity=cfg.uniformity,
+    )  # fmt: skip
