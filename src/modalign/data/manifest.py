@@ -16,12 +16,12 @@ Example:
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from modalign.errors import DataError
 
@@ -66,26 +66,80 @@ class Manifest:
 
 
 def read_table(path: Path) -> dict[str, list[str | None]]:
-    """Read a CSV, JSONL or Parquet table as columns of stripped strings (empty cells -> None)."""
+    """Read a CSV, JSONL or Parquet table as columns of stripped strings (empty cells -> None).
+
+    CSV and TSV go through the ``csv`` module (importing pandas costs about a second per start);
+    JSONL and Parquet through pandas.
+    """
     if not path.exists():
         raise DataError(f"{path}: manifest not found")
     suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return read_csv_columns(path, "\t" if suffix == ".tsv" else ",")
+    if suffix not in (".jsonl", ".ndjson", ".parquet", ".pq"):
+        raise DataError(
+            f"{path}: unknown manifest type {suffix!r} (use .csv, .tsv, .jsonl or .parquet)"
+        )
+    import pandas as pd
+
     try:
-        if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(
-                path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ","
-            )
-        elif suffix in (".jsonl", ".ndjson"):
+        if suffix in (".jsonl", ".ndjson"):
             frame = pd.read_json(path, lines=True, dtype=False)
-        elif suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
         else:
-            raise DataError(
-                f"{path}: unknown manifest type {suffix!r} (use .csv, .tsv, .jsonl or .parquet)"
-            )
+            frame = pd.read_parquet(path)
     except (ValueError, pd.errors.ParserError) as err:
         raise DataError(f"{path}: cannot parse manifest ({err})") from None
     return {str(name): [_as_text(v) for v in frame[name].tolist()] for name in frame.columns}
+
+
+def read_csv_columns(path: Path, sep: str = ",") -> dict[str, list[str | None]]:
+    """Columns of a CSV/TSV file with a header row, read as pandas' ``read_csv(dtype=str,
+    keep_default_na=False)`` reads them.
+
+    Blank lines are skipped, short rows are padded with empty cells, repeated column names get
+    ``.1``, ``.2`` suffixes and unnamed ones ``Unnamed: i``. A row with more cells than the
+    header, or a quote left open, is an error (pandas would silently shift every column of a file
+    whose first row is one cell too long).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.csv"
+        >>> _ = path.write_text('id,text,text\na," two, words ",\n\nb\n')
+        >>> read_csv_columns(path)
+        {'id': ['a', 'b'], 'text': ['two, words', None], 'text.1': [None, None]}
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=sep, strict=True)
+            rows = [r for r in reader if r and not (len(r) == 1 and not r[0].strip())]
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot parse manifest ({err})") from None
+    if not rows:
+        raise DataError(f"{path}: cannot parse manifest (No columns to parse from file)")
+    names = _column_names(rows[0])
+    columns: list[list[str | None]] = [[] for _ in names]
+    for i, row in enumerate(rows[1:]):
+        if len(row) > len(names):
+            raise DataError(
+                f"{path}: cannot parse manifest (row {i + 1} has {len(row)} fields, the header {len(names)})"
+            )
+        for j, column in enumerate(columns):
+            column.append(_as_text(row[j]) if j < len(row) else None)
+    return dict(zip(names, columns, strict=True))
+
+
+def _column_names(header: list[str]) -> list[str]:
+    """pandas' column names: ``Unnamed: i`` for empty ones, ``name.k`` for repeats."""
+    names = [name or f"Unnamed: {i}" for i, name in enumerate(header)]
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        new, k = name, 1
+        while new in taken or (new != name and new in names):
+            new, k = f"{name}.{k}", k + 1
+        taken.add(new)
+        out.append(new)
+    return out
 
 
 def _as_text(value: object) -> str | None:

@@ -24,6 +24,7 @@ from modalign.data.paired import Batch, BatchDataset, EpochBatches, merge_chunks
 from modalign.errors import ConfigError
 from modalign.io import write_json_atomic
 from modalign.losses.engine import pair_loss
+from modalign.losses.tiled import DEFAULT_TILE
 from modalign.model.aligner import Aligner
 from modalign.model.inference import embed_split, to_device
 from modalign.model.init import init_heads_cca
@@ -37,6 +38,8 @@ from modalign.train.checkpoint import (
 )
 from modalign.train.gradcache import gradcache_step
 from modalign.train.metrics_log import MetricsLogger
+from modalign.train.optim import AdamW
+from modalign.train.threads import auto_threads, step_threads
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +140,7 @@ def make_optimizer(model: Aligner, cfg: Config) -> torch.optim.AdamW:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     # the fused kernel is several times faster than the per-tensor loop, on CPUs too
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)
+    return AdamW(groups, lr=cfg.train.lr, fused=True)
 
 
 def make_schedule(
@@ -266,10 +269,21 @@ class Trainer:
             self.state.epoch < cfg.train.epochs
             and self.state.bad_epochs < cfg.train.early_stopping.patience
         ):
-            self._train_epoch()
-            self._end_epoch()
+            with step_threads(self._step_threads()):
+                self._train_epoch()
+                self._end_epoch()
         self.logger.close()
         return self.evaluate()
+
+    def _step_threads(self) -> int | None:
+        """Intra-op threads for an epoch: ``train.num_threads``, else chosen from the step's work
+        and the machine's load now (``modalign.train.threads``); None (unchanged) on a GPU."""
+        cfg = self.cfg.train
+        if cfg.num_threads is not None or self.device.type != "cpu":
+            return cfg.num_threads
+        rows = cfg.batch_size // distributed.world_size()
+        tile = self.cfg.loss.tile_size or DEFAULT_TILE
+        return auto_threads(self.model, min(rows, cfg.chunk_size or rows), self.model.embed_dim, tile)
 
     def _score_initial(self) -> None:
         """Score fitted initial heads on val as epoch 0: training must beat them to replace them."""
