@@ -104,7 +104,7 @@ def read_csv_columns(path: Path, sep: str = ",") -> dict[str, list[str | None]]:
     Example:
         >>> import tempfile, pathlib
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.csv"
-        >>> _ = path.write_text('id,text,text\na," two, words ",\n\nb\n')
+        >>> _ = path.write_text('id,text,text\\na," two, words ",\\n\\nb\\n')
         >>> read_csv_columns(path)
         {'id': ['a', 'b'], 'text': ['two, words', None], 'text.1': [None, None]}
     """
