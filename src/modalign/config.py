@@ -145,7 +145,7 @@ class TrainConfig:
     accumulate: int = 1
     seed: int = 0
     num_workers: int = 0
-    num_threads: int | None = None  # intra-op threads; None: chosen per epoch (train/threads.py)
+    num_threads: int | None = None  # intra-op threads; None: chosen per epoch (modalign/threads.py)
     device: str = "auto"
     log_every: int = 10
     tensorboard: bool = True

@@ -19,12 +19,14 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
-from sklearn.neighbors import KNeighborsClassifier
 
 from modalign.eval.zeroshot import per_class_accuracy
+
+# scikit-learn is imported where a probe runs: importing it (and the SciPy parts it pulls in)
+# costs about 1.5 s, more than a whole evaluation of a few hundred unlabelled rows.
 
 
 def cross_val_predictions(
@@ -35,6 +37,8 @@ def cross_val_predictions(
     The folds are stratified; ``folds`` is lowered to the size of the smallest class (at least 2).
     k-NN uses cosine similarity (Euclidean distance on normalised rows) and a majority vote.
     """
+    from sklearn.model_selection import StratifiedKFold
+
     y = np.asarray(y)
     smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
     if smallest < 2:
@@ -47,7 +51,11 @@ def cross_val_predictions(
     return pred
 
 
-def _model(model: str, k: int, n_train: int) -> LogisticRegression | KNeighborsClassifier:
+def _model(model: str, k: int, n_train: int) -> Any:
+    """An unfitted scikit-learn classifier (``LogisticRegression`` or ``KNeighborsClassifier``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
     if model == "linear":
         return LogisticRegression(max_iter=2000, C=1.0)
     if model == "knn":

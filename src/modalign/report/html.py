@@ -49,11 +49,30 @@ STYLE: dict[str, Any] = {
 }
 
 
-def subplots(ncols: int = 1, figsize: tuple[float, float] = (6, 3.6)) -> tuple[Figure, list[Axes]]:
-    """A figure with ``ncols`` axes in the report's style (no pyplot, no global state)."""
+def subplots(
+    ncols: int = 1, figsize: tuple[float, float] = (6, 3.6), fit_labels: bool = False
+) -> tuple[Figure, list[Axes]]:
+    """A figure with ``ncols`` axes in the report's style (no pyplot, no global state).
+
+    Margins are fixed in inches, room for a title, axis labels and short tick labels: a layout
+    engine measures every text of the figure several times per draw, which was 40% of a small
+    report's time. ``fit_labels=True`` (long tick labels such as class names) asks matplotlib's
+    constrained layout instead.
+    """
     with matplotlib.rc_context(STYLE):  # type: ignore[arg-type]
-        fig = Figure(figsize=figsize, layout="constrained")
+        fig = Figure(figsize=figsize, layout="constrained" if fit_labels else None)
         axes = fig.subplots(1, ncols, squeeze=False)[0]
+    if not fit_labels:
+        width, height = figsize
+        left, right, gap = 0.8, 0.2, 0.75  # inches: y label + ticks, right edge, between axes
+        axis = (width - left - right - gap * (ncols - 1)) / ncols
+        fig.subplots_adjust(
+            left=left / width,
+            right=1 - right / width,
+            bottom=0.6 / height,
+            top=1 - 0.4 / height,
+            wspace=gap / axis,
+        )
     return fig, list(axes)
 
 
@@ -358,8 +377,10 @@ def similarity_section(ev: SplitEvaluation) -> Section:
     edges = list(np.linspace(-1, 1, 81))
     for ax, pair in zip(axes, pairs, strict=True):
         s = ev.similarity[pair]
-        ax.hist(s["negative"], edges, density=True, alpha=0.55, color=PALETTE[5], label="negatives")
-        ax.hist(s["positive"], edges, density=True, alpha=0.65, color=PALETTE[2], label="positives")
+        # one filled outline per histogram ("stepfilled") draws as fast as one line; the default
+        # draws one rectangle per bin (480 artists for three pairs), the same picture
+        ax.hist(s["negative"], edges, density=True, alpha=0.55, color=PALETTE[5], label="negatives", histtype="stepfilled")  # fmt: skip
+        ax.hist(s["positive"], edges, density=True, alpha=0.65, color=PALETTE[2], label="positives", histtype="stepfilled")  # fmt: skip
         ax.set(title=pair.replace("_vs_", " vs "), xlabel="cosine similarity", yticks=[])
         ax.legend(frameon=False)
     keys = [
@@ -509,7 +530,7 @@ def classification_section(ev: SplitEvaluation) -> Section:
         np.add.at(cm, (y, pred), 1)
         cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         size = min(1.6 + 0.35 * n, 10)
-        fig, (ax,) = subplots(1, (size + 1.5, size))
+        fig, (ax,) = subplots(1, (size + 1.5, size), fit_labels=True)  # class-name ticks
         im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
         ax.set(
             xticks=range(n),

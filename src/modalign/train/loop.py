@@ -29,6 +29,7 @@ from modalign.model.aligner import Aligner
 from modalign.model.inference import embed_split, to_device
 from modalign.model.init import init_heads_cca
 from modalign.pipeline import RunParts, build_parts
+from modalign.threads import auto_threads, step_threads
 from modalign.train.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -39,7 +40,6 @@ from modalign.train.checkpoint import (
 from modalign.train.gradcache import gradcache_step
 from modalign.train.metrics_log import MetricsLogger
 from modalign.train.optim import AdamW
-from modalign.train.threads import auto_threads, step_threads
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class Trainer:
 
     def _step_threads(self) -> int | None:
         """Intra-op threads for an epoch: ``train.num_threads``, else chosen from the step's work
-        and the machine's load now (``modalign.train.threads``); None (unchanged) on a GPU."""
+        and the machine's load now (``modalign.threads``); None (unchanged) on a GPU."""
         cfg = self.cfg.train
         if cfg.num_threads is not None or self.device.type != "cpu":
             return cfg.num_threads

@@ -1,4 +1,5 @@
-"""How many intra-op threads a training step should use, and a context that sets them.
+"""How many intra-op threads a training step or an evaluation should use, and a context that
+sets them (and restores them after).
 
 PyTorch splits every large enough CPU operation over ``torch.get_num_threads()`` OpenMP threads
 and waits for all of them at the end of the operation. That pays when an operation is big: a
@@ -9,9 +10,14 @@ a core: the barrier then waits for a thread the scheduler has parked, a time sli
 Measured on a shared 2-core machine (``benchmarks/bench_train.py``): 15.6 ms per step of the
 synthetic config with one thread, 117 ms with two.
 
+The same holds for numpy's OpenBLAS threads in the evaluation's small products and
+decompositions (3x faster with one thread for 300 rows on a loaded machine).
+
 The choice (:func:`choose_threads`) is a pure function of the work per operation, the process's
 own thread limit, the cores and the runnable tasks of other processes, so it can be tested without
-timing; :func:`auto_threads` gathers those inputs for a model and a batch size. The loss's tiled
+timing; :func:`auto_threads` gathers those inputs for a model and a batch size,
+:func:`threads_for_flops` for any work. Training (``modalign.train.loop``) and evaluation
+(``modalign.eval.suite``) both use it, so it lives outside either package. The loss's tiled
 kernel runs its tiles on ``torch.get_num_threads()`` worker threads of one intra-op thread each
 (``modalign.losses.tiled``), which a busy core does not stall; its tiles count as operations of
 the step here.
@@ -22,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -119,18 +125,23 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def threads_for_flops(op_flops: float) -> int:
+    """:func:`choose_threads` for products of ``op_flops`` each, with this machine's state now."""
+    return choose_threads(op_flops, torch.get_num_threads(), usable_cores(), runnable_others())
+
+
 def auto_threads(model: nn.Module, batch_size: int, embed_dim: int, tile: int) -> int:
-    """:func:`choose_threads` for a training step of ``model``, with this machine's state now."""
-    flops = mean_matmul_flops(model, batch_size, embed_dim, tile)
-    return choose_threads(flops, torch.get_num_threads(), usable_cores(), runnable_others())
+    """:func:`threads_for_flops` for a training step of ``model`` (see :func:`mean_matmul_flops`)."""
+    return threads_for_flops(mean_matmul_flops(model, batch_size, embed_dim, tile))
 
 
 @contextmanager
-def step_threads(threads: int | None) -> Iterator[int]:
+def step_threads(threads: int | None, blas: bool = False) -> Iterator[int]:
     """Run the block with ``threads`` intra-op threads, then restore the previous setting.
 
     A library call must not change its caller's process for good, so the previous count comes
-    back even when the block raises. ``None`` leaves the setting alone.
+    back even when the block raises. ``None`` leaves the setting alone. ``blas=True`` also limits
+    the BLAS libraries numpy uses (through threadpoolctl, when installed).
 
     Example:
         >>> before = torch.get_num_threads()
@@ -141,11 +152,24 @@ def step_threads(threads: int | None) -> Iterator[int]:
         True
     """
     previous = torch.get_num_threads()
-    if threads is None or threads == previous:
+    if threads is None:
         yield previous
         return
-    torch.set_num_threads(threads)
-    try:
+    with ExitStack() as stack:
+        if blas:
+            stack.enter_context(_blas_limit(threads))
+        if threads != previous:
+            torch.set_num_threads(threads)
+            stack.callback(torch.set_num_threads, previous)
         yield threads
-    finally:
-        torch.set_num_threads(previous)
+
+
+@contextmanager
+def _blas_limit(threads: int) -> Iterator[None]:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # an optional speed-up: without it numpy keeps its threads
+        yield
+        return
+    with threadpool_limits(threads, user_api="blas"):
+        yield
