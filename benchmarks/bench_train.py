@@ -143,8 +143,12 @@ def run_plain(cfg: Any, threads: int | None, loss: str) -> dict[str, Any]:
         torch.set_num_threads(threads)
     tc = cfg.train
     manifest = read_manifest(cfg.data.manifest)
-    rows = np.flatnonzero(np.array(assign_splits(manifest, cfg.data.split_fractions, cfg.data.split_seed)) == "train")
-    feats = {m: torch.from_numpy(np.load(p)) for m, p in cfg.data.features.items()}  # row i = item i
+    rows = np.flatnonzero(
+        np.array(assign_splits(manifest, cfg.data.split_fractions, cfg.data.split_seed)) == "train"
+    )
+    feats = {
+        m: torch.from_numpy(np.load(p)) for m, p in cfg.data.features.items()
+    }  # row i = item i
     seed_everything(tc.seed)
     model = build_model(cfg, {m: f.shape[1] for m, f in feats.items()})
     params = [p for p in model.parameters() if p.requires_grad]
@@ -196,7 +200,14 @@ def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
     rows = args.large_rows if name == "large" else CONFIGS[name]["rows"]
     dataset(args.cache, name, rows)  # written before any timing
     base = [sys.executable, __file__, "--config", name, "--rows", str(rows)]
-    base += ["--epochs", str(args.epochs), "--cache", str(args.cache), "--plain-loss", args.plain_loss]
+    base += [
+        "--epochs",
+        str(args.epochs),
+        "--cache",
+        str(args.cache),
+        "--plain-loss",
+        args.plain_loss,
+    ]
     base += [x for s in args.set for x in ("--set", s)]
     chosen: list[int] = []
 

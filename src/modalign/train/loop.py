@@ -283,7 +283,9 @@ class Trainer:
             return cfg.num_threads
         rows = cfg.batch_size // distributed.world_size()
         tile = self.cfg.loss.tile_size or DEFAULT_TILE
-        return auto_threads(self.model, min(rows, cfg.chunk_size or rows), self.model.embed_dim, tile)
+        return auto_threads(
+            self.model, min(rows, cfg.chunk_size or rows), self.model.embed_dim, tile
+        )
 
     def _score_initial(self) -> None:
         """Score fitted initial heads on val as epoch 0: training must beat them to replace them."""

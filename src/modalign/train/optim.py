@@ -56,7 +56,7 @@ class AdamW(torch.optim.AdamW):
     def state_dict(self) -> dict[str, Any]:
         if _dynamo_loaded():
             return super().state_dict()
-        return _undecorated(torch.optim.Optimizer.state_dict)(self)  # type: ignore[no-any-return]
+        return _undecorated(torch.optim.Optimizer.state_dict)(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if _dynamo_loaded():
@@ -66,7 +66,7 @@ class AdamW(torch.optim.AdamW):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         update = _undecorated(torch.optim.AdamW.step)  # torch's step without its wrappers
         if _dynamo_loaded():  # torch's guard (its profiler and hooks wrap this method already)
-            return _use_grad_for_differentiable(update)(self, closure)  # type: ignore[no-any-return]
+            return _use_grad_for_differentiable(update)(self, closure)
         # what the guard does besides importing dynamo: no autograd graph for the update
         with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
-            return update(self, closure)  # type: ignore[no-any-return]
+            return update(self, closure)
