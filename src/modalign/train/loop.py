@@ -273,7 +273,8 @@ class Trainer:
                 self._train_epoch()
                 self._end_epoch()
         self.logger.close()
-        return self.evaluate()
+        with step_threads(self._step_threads()):
+            return self.evaluate()
 
     def _step_threads(self) -> int | None:
         """Intra-op threads for an epoch: ``train.num_threads``, else chosen from the step's work
