@@ -87,12 +87,14 @@ def pair_losses(
     out = {}
     for a, b in pairs:
         both = batch.present[a] & batch.present[b]  # (B,)
-        # position of row r among m's present rows = (#present rows before r)
         ea, eb = _embedded(emb, a, model), _embedded(emb, b, model)
-        idx_a = (torch.cumsum(batch.present[a].long(), 0) - 1)[both].to(ea.device)
-        idx_b = (torch.cumsum(batch.present[b].long(), 0) - 1)[both].to(eb.device)
         groups = None if batch.groups is None else batch.groups[both].to(ea.device)
-        x, y = ea[idx_a], eb[idx_b]  # (n, D) each
+        if len(ea) == len(eb) == len(both):  # every row has both: no gathers (nor their backward)
+            x, y = ea, eb
+        else:  # position of row r among m's present rows = (#present rows before r)
+            idx_a = (torch.cumsum(batch.present[a].long(), 0) - 1)[both].to(ea.device)
+            idx_b = (torch.cumsum(batch.present[b].long(), 0) - 1)[both].to(eb.device)
+            x, y = ea[idx_a], eb[idx_b]  # (n, D) each
         out[f"{a}_{b}"] = pair_loss(loss_name, x, y, scale, bias, groups, groups, tile_size)
     return out
 
