@@ -1,7 +1,12 @@
 """Exact Recall@K: modalign's streamed evaluation against CLIP_benchmark's full-matrix approach.
 
-Each (method, size) runs in a fresh process, so its peak resident set is its own. One JSON line is
-printed per configuration, then one per size with the time and memory ratios (peer / modalign).
+Each (method, size) runs in a fresh process, the methods alternated within every repeat (modalign,
+clip_benchmark, modalign, ...). One JSON line per method and size: the median time and its spread
+over repeats, the peak memory of the metric call above the resident set just before it (the
+interpreter, the imports and the inputs: ``mem_above_baseline_mib``), and ``bound_ratio``, the time
+over that of the (Q, N) score matmul at the machine's 4096^2 GEMM rate measured before and after
+the runs. Then one line per size with the ratios (peer / modalign): ``time`` (median of the
+per-repeat ratios), ``mem_above_baseline``, the GEMM rates and the load average.
 
 The peer is installed without its dependencies, because its wheel asks for torchvision and
 open_clip (which do not fit the pinned CPU torch) while its retrieval module needs only torch and
@@ -16,13 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import PeakRSS, alternate, gemm_gflops, load, paired_ratio, rounded, run_json, summary
 
 KS = (1, 5, 10)
 
@@ -71,24 +80,47 @@ def child(method: str, n: int, d: int) -> None:
     )
     q, g = make_pairs(n, d)
     fn = run_modalign if method == "modalign" else run_clip_benchmark
-    t0 = time.perf_counter()
-    metrics = fn(q, g)
-    seconds = time.perf_counter() - t0
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_mib, **metrics}))
+    with PeakRSS() as mem:  # above the interpreter, the imports and the inputs
+        t0 = time.perf_counter()
+        metrics = fn(q, g)
+        seconds = time.perf_counter() - t0
+    record = {"seconds": seconds, "mem_above_baseline_mib": mem.above_mib}
+    print(json.dumps({**record, "baseline_mib": mem.baseline_mib, **metrics}))
 
 
-def measure(method: str, n: int, d: int, repeats: int) -> dict[str, object]:
-    runs = []
-    for _ in range(repeats):
-        cmd = [sys.executable, __file__, "--child", method, str(n), str(d)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
-    row: dict[str, object] = {"method": method, "queries": n, "gallery": n, "dim": d}
-    row["seconds_median"] = statistics.median(r["seconds"] for r in runs)
-    row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
-    row.update({k: v for k, v in runs[0].items() if k.startswith("recall")})
-    return row
+def compare(n: int, d: int, methods: list[str], repeats: int) -> list[dict[str, object]]:
+    """Fresh processes, methods alternated within each repeat; one row per method, then ratios."""
+
+    def runner(method: str) -> Callable[[], dict[str, Any]]:
+        return lambda: run_json([sys.executable, __file__, "--child", method, str(n), str(d)])
+
+    gemm = [gemm_gflops()]
+    runs = alternate({m: runner(m) for m in methods}, repeats)
+    gemm.append(gemm_gflops())
+    rate = statistics.mean(gemm)
+    rows: list[dict[str, object]] = []
+    for method, rs in runs.items():
+        secs = summary([r["seconds"] for r in rs])
+        row: dict[str, object] = {"method": method, "queries": n, "gallery": n, "dim": d}
+        row.update(seconds_median=secs["median"], seconds_spread=secs["spread"], repeats=repeats)
+        row["mem_above_baseline_mib"] = statistics.median(r["mem_above_baseline_mib"] for r in rs)
+        row["baseline_mib"] = statistics.median(r["baseline_mib"] for r in rs)
+        row["bound_ratio"] = secs["median"] / (2.0 * n * n * d / rate / 1e9)  # scores matmul only
+        row.update({k: v for k, v in rs[0].items() if k.startswith("recall")})
+        rows.append(rounded(row))
+    if {"modalign", "clip_benchmark"} <= runs.keys():
+        a, b = runs["modalign"], runs["clip_benchmark"]
+        time_ratio = paired_ratio([r["seconds"] for r in b], [r["seconds"] for r in a])
+        mem_a = statistics.median(r["mem_above_baseline_mib"] for r in a)
+        mem_b = statistics.median(r["mem_above_baseline_mib"] for r in b)
+        rows.append(rounded({
+            "ratio": "clip_benchmark / modalign", "queries": n,
+            "time": time_ratio["median"], "time_spread": time_ratio["spread"],
+            "mem_above_baseline": mem_b / max(mem_a, 1e-9),
+            "same_recall": all(abs(a[0][f"recall@{k}"] - b[0][f"recall@{k}"]) < 1e-6 for k in KS),
+            "gemm_gflops": gemm, "load": load(),
+        }))  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -105,22 +137,8 @@ def main() -> None:
         child(args.child[0], int(args.child[1]), int(args.child[2]))
         return
     for n in args.sizes:
-        rows = {m: measure(m, n, args.dim, args.repeats) for m in args.methods}
-        for row in rows.values():
+        for row in compare(n, args.dim, args.methods, args.repeats):
             print(json.dumps(row), flush=True)
-        if {"modalign", "clip_benchmark"} <= rows.keys():
-            a, b = rows["modalign"], rows["clip_benchmark"]
-            ratio = {
-                "ratio": "clip_benchmark / modalign",
-                "queries": n,
-                "time": float(b["seconds_median"]) / float(a["seconds_median"]),  # type: ignore[arg-type]
-                "peak_rss": float(b["peak_rss_mib"]) / float(a["peak_rss_mib"]),  # type: ignore[arg-type]
-                "same_recall": all(
-                    abs(float(a[f"recall@{k}"]) - float(b[f"recall@{k}"])) < 1e-6  # type: ignore[arg-type]
-                    for k in KS
-                ),
-            }
-            print(json.dumps(ratio), flush=True)
 
 
 if __name__ == "__main__":

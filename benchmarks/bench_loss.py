@@ -1,6 +1,6 @@
 """Contrastive loss forward + backward: modalign's tiled kernels against open_clip's losses.
 
-Each configuration runs once in a fresh process and prints one JSON line::
+Each configuration runs in a fresh process and prints one JSON line::
 
     {"impl", "loss", "batch", "dim", "seconds", "peak_rss_mib", "extra_peak_mib",
      "gflops_per_s", "matmul_gflops_per_s", "bound_ratio"[, "max_rel_err"]}
@@ -11,8 +11,9 @@ Each configuration runs once in a fresh process and prints one JSON line::
   count, nor does a warm-up call on 64 rows, made for both implementations, that pages in code).
 * ``gflops_per_s``: ``6 B^2 D`` (the least work a symmetric contrastive loss needs forward and
   backward: one logits matmul, two gradient matmuls) divided by ``seconds``.
-* ``matmul_gflops_per_s``: this process's fp32 matmul rate, measured right after the loss on
-  (2048, D) x (D, 2048); ``bound_ratio = seconds / (6 B^2 D / matmul rate)``.
+* ``matmul_gflops_per_s``: the machine's fp32 matmul rate, a 4096^2 GEMM in this process right
+  after the loss (smaller products read 20-40% low and would flatter the bound);
+  ``bound_ratio = seconds / (6 B^2 D / matmul rate)``.
 * ``--check`` then runs open_clip's loss on the same inputs (after all figures above are taken)
   and reports ``max_rel_err``: the largest of ``max|a - b| / max|b|`` over the loss and the
   gradients of both embeddings, the scale and (SigLIP) the bias.
@@ -26,17 +27,18 @@ modalign's ``scale``, and SigLipLoss normalises by the batch size, as modalign d
 Usage:
     python benchmarks/bench_loss.py --impl modalign --loss infonce --batch 16384 --dim 512 --check
     python benchmarks/bench_loss.py --sweep            # B in 4096, 16384, 32768, both impls
+                                                       # alternated, 3 repeats, medians + ratios
     python benchmarks/bench_loss.py --sweep --batches 4096 16384 --losses siglip
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import alternate, gemm_gflops, load, paired_ratio, rounded, run_json, summary
 
 SCALE = {"infonce": 1 / 0.07, "siglip": 10.0}  # CLIP's and SigLIP's initial values
 BIAS = -10.0
@@ -112,17 +117,6 @@ def forward_backward(fn: Any, inputs: list[Tensor]) -> list[Tensor]:
     return [loss.detach(), *grads]
 
 
-def matmul_rate(dim: int, reps: int = 5) -> float:
-    """Median fp32 matmul GFLOP/s on (2048, dim) x (dim, 2048)."""
-    a, b, out = torch.randn(2048, dim), torch.randn(2048, dim), torch.empty(2048, 2048)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b.T, out=out)
-        times.append(time.perf_counter() - t)
-    return 2 * 2048 * 2048 * dim / statistics.median(times) / 1e9
-
-
 def max_rel_err(got: list[Tensor], ref: list[Tensor]) -> float:
     errs = [
         ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
@@ -145,16 +139,17 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     got = forward_backward(fn, inputs)
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM")
-    rate = matmul_rate(args.dim)
     flops = 6 * args.batch**2 * args.dim
     out: dict[str, Any] = {
         "impl": args.impl, "loss": args.loss, "batch": args.batch, "dim": args.dim,
         "seconds": round(seconds, 3), "peak_rss_mib": round(peak / 1024, 1),
         "extra_peak_mib": round((peak - before) / 1024, 1),
         "gflops_per_s": round(flops / seconds / 1e9, 2),
-        "matmul_gflops_per_s": round(rate, 2),
-        "bound_ratio": round(seconds / (flops / rate / 1e9), 3),
     }  # fmt: skip
+    if not args.no_gemm:  # the sweep measures it once per configuration instead
+        rate = gemm_gflops(repeats=1)
+        out["matmul_gflops_per_s"] = round(rate, 2)
+        out["bound_ratio"] = round(seconds / (flops / rate / 1e9), 3)
     if args.check:
         ref = forward_backward(loss_fn("open_clip", args.loss, None), inputs)
         if args.loss == "infonce":
@@ -164,41 +159,46 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_fresh(impl: str, loss: str, batch: int, dim: int, extra: list[str]) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--impl",
-        impl,
-        "--loss",
-        loss,
-        "--batch",
-        str(batch),
-        "--dim",
-        str(dim),
-        *extra,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    line = done.stdout.strip().splitlines()[-1]
-    print(line, flush=True)
-    return dict(json.loads(line))
+    cmd = [sys.executable, __file__, "--impl", impl, "--loss", loss]
+    cmd += ["--batch", str(batch), "--dim", str(dim), "--no-gemm", *extra]
+    return run_json(cmd)
 
 
 def sweep(args: argparse.Namespace) -> None:
-    """Both implementations alternately per batch size, then the ratios (open_clip / modalign)."""
+    """Per configuration: both implementations alternated over ``--repeats`` fresh processes, the
+    4096^2 GEMM rate before and after, then one line per implementation (median and spread) and
+    one with the ratios (open_clip / modalign; memory is the peak above the resident set before
+    the call)."""
     extra = ["--tile", str(args.tile)] if args.tile else []
+    impls = ("modalign", "open_clip")
     for loss in args.losses:
         for batch in args.batches:
-            runs = {
-                impl: run_fresh(impl, loss, batch, args.dim, extra)
-                for impl in ("modalign", "open_clip")
-            }
+            gemm = [gemm_gflops()]
+            runs = alternate(
+                {i: functools.partial(run_fresh, i, loss, batch, args.dim, extra) for i in impls},
+                args.repeats,
+            )
+            gemm.append(gemm_gflops())
+            flops = 6 * batch**2 * args.dim
+            for impl, rs in runs.items():
+                secs = summary([r["seconds"] for r in rs])
+                print(json.dumps(rounded({
+                    "impl": impl, "loss": loss, "batch": batch, "dim": args.dim,
+                    "seconds_median": secs["median"], "seconds_spread": secs["spread"],
+                    "extra_peak_mib": statistics.median(r["extra_peak_mib"] for r in rs),
+                    "bound_ratio": secs["median"] / (flops / statistics.mean(gemm) / 1e9),
+                    "repeats": args.repeats,
+                })), flush=True)  # fmt: skip
             m, o = runs["modalign"], runs["open_clip"]
-            ratio = {
+            time_ratio = paired_ratio([r["seconds"] for r in o], [r["seconds"] for r in m])
+            mem = [statistics.median(r["extra_peak_mib"] for r in rs) for rs in (m, o)]
+            print(json.dumps(rounded({
                 "ratio": loss, "batch": batch,
-                "time_open_clip_over_modalign": round(o["seconds"] / m["seconds"], 2),
-                "extra_mem_modalign_over_open_clip": round(m["extra_peak_mib"] / max(o["extra_peak_mib"], 1e-9), 4),
-            }  # fmt: skip
-            print(json.dumps(ratio), flush=True)
+                "time_open_clip_over_modalign": time_ratio["median"],
+                "time_ratio_spread": time_ratio["spread"],
+                "extra_mem_modalign_over_open_clip": mem[0] / max(mem[1], 1e-9),
+                "gemm_gflops": gemm, "load": load(),
+            })), flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sweep", action="store_true", help="both impls over --batches, with ratios")
     p.add_argument("--batches", type=int, nargs="+", default=[4096, 16384, 32768])
     p.add_argument("--losses", nargs="+", default=["infonce", "siglip"])
+    p.add_argument("--repeats", type=int, default=3, help="alternated repeats per --sweep config")
+    p.add_argument("--no-gemm", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.sweep:
         sweep(args)

@@ -10,7 +10,7 @@ Example:
     >>> load_config(None, ["train.lrr=1"])
     Traceback (most recent call last):
     ...
-    modalign.errors.ConfigError: unknown key 'train.lrr'; valid keys in 'train': accumulate, batch_size, chunk_size, device, early_stopping, epochs, grad_clip, log_every, lr, min_lr_ratio, num_workers, sampler, seed, tensorboard, warmup_steps, weight_decay
+    modalign.errors.ConfigError: unknown key 'train.lrr'; valid keys in 'train': accumulate, batch_size, chunk_size, device, early_stopping, epochs, grad_clip, log_every, lr, min_lr_ratio, num_threads, num_workers, sampler, seed, tensorboard, warmup_steps, weight_decay
 """
 
 from __future__ import annotations
@@ -253,6 +253,7 @@ class TrainConfig:
     accumulate: int = 1
     seed: int = 0
     num_workers: int = 0
+    num_threads: int | None = None  # intra-op threads; None: chosen per epoch (modalign/threads.py)
     device: str = "auto"
     log_every: int = 10
     tensorboard: bool = True
@@ -282,6 +283,12 @@ class TrainConfig:
             "positive (the largest gradient norm) or null for no clipping",
         )
         _require(self.num_workers >= 0, "train.num_workers", self.num_workers, ">= 0")
+        _require(
+            self.num_threads is None or self.num_threads >= 1,
+            "train.num_threads",
+            self.num_threads,
+            ">= 1 or null",
+        )
         _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         _require(
             self.device == "auto" or _is_device(self.device),

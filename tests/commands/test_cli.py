@@ -60,7 +60,7 @@ def test_user_mistakes_exit_non_zero_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "modalign train: error: unknown key 'train.epochz'; valid keys in 'train': accumulate, batch_size, chunk_size, device, "
-        "early_stopping, epochs, grad_clip, log_every, lr, min_lr_ratio, num_workers, sampler, seed, tensorboard, warmup_steps, weight_decay"
+        "early_stopping, epochs, grad_clip, log_every, lr, min_lr_ratio, num_threads, num_workers, sampler, seed, tensorboard, warmup_steps, weight_decay"
     ]
     result = subprocess.run(
         [sys.executable, "-m", "modalign", "train", str(tmp_path / "none.yaml")],

@@ -124,3 +124,53 @@ def test_seeded_split_keeps_groups_together_and_is_stable(tmp_path: Path) -> Non
     assert abs(share["train"] - 0.7) < 0.06 and abs(share["test"] - 0.2) < 0.05
     assert (splits == np.array(assign_splits(m, fractions, seed=3))).all()
     assert (splits != np.array(assign_splits(m, fractions, seed=4))).any()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "a,a,b\n1,2,3\n",  # repeated names get .1
+        "a,a,a.1\n1,2,3\n",
+        "a,b,c\n1,2\n",  # short rows are padded
+        "a,b\n\n1,2\n   \n",  # blank lines are skipped
+        "a,,b\n1,2,3\n",  # unnamed columns
+        "\ufeffid,a\n1,2\n",  # byte-order mark
+        'a,b\n"x, y","he said ""hi"""\n"x\ny",z\n',  # quotes, embedded newline
+        "a,b\r\n NA , nan\r\nNone,\r\n",  # no NA parsing; cells stripped
+        "id,a\n1.0,2\n007,3\n",  # numbers stay text
+    ],
+)
+def test_csv_reader_matches_pandas(tmp_path: Path, content: str) -> None:
+    from modalign.data.manifest import _as_text, read_csv_columns
+
+    path = tmp_path / "m.csv"
+    path.write_bytes(content.encode("utf-8"))
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    expected = {str(c): [_as_text(v) for v in frame[c].tolist()] for c in frame.columns}
+    assert read_csv_columns(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "No columns to parse"),
+        ("a,b\n1,2\n3,4,5\n", r"row 2 has 3 fields, the header 2"),
+        ('a,b\n"x,y\n', "cannot parse manifest"),
+    ],
+)
+def test_csv_reader_errors(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_manifest(path)
+
+
+def test_reading_a_csv_manifest_does_not_import_pandas(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.csv"
+    path.write_text("id,image,text\na,x,y\n")
+    code = f"import sys; from modalign.data.manifest import read_manifest; read_manifest({str(path)!r}); print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from modalign.errors import DataError
 from modalign.types import name_problem
@@ -101,13 +100,15 @@ def read_table(path: Path) -> dict[str, list[str | None]]:
         raise DataError(f"{path}: is a folder, not a manifest file")
     suffix = path.suffix.lower()
     try:
-        if suffix in (".csv", ".tsv"):
+        if suffix in (".csv", ".tsv"):  # the csv module: importing pandas costs a second a start
             sep = "\t" if suffix == ".tsv" else ","
             _check_header(path, sep)
             return _read_delimited(path, sep)
         elif suffix in (".jsonl", ".ndjson"):
             return _read_jsonl_table(path)
         elif suffix in (".parquet", ".pq"):
+            import pandas as pd
+
             frame = pd.read_parquet(path)
         else:
             raise DataError(

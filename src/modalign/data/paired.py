@@ -100,6 +100,11 @@ class PairedData:
         self.keys: dict[str, list[str]] = {
             m: [c or "" for c in manifest.cells[m]] for m in self.modalities
         }
+        # store row of every manifest row (-1: none), so batches skip the id look-ups
+        self.positions = {
+            m: np.array([store.index.get(k, -1) for k in self.keys[m]], dtype=np.int64)
+            for m, store in self.stores.items()
+        }
         bad = self._find_bad_rows()
         if bad and not cfg.skip_bad_rows:
             row, reason = next(iter(bad.items()))
@@ -195,10 +200,13 @@ class PairedData:
             sel = rows[mask]
             if len(sel) == 0:
                 continue
-            keys = [self.keys[m][r] for r in sel]
             if m in self.stores:
-                inputs[m] = torch.from_numpy(self.stores[m].rows(keys))  # (B_m, F)
+                positions = self.positions[m][sel]
+                if (positions < 0).any():  # a bad row (checked on load) asked for all the same
+                    self.stores[m].rows([self.keys[m][r] for r in sel])  # raises, naming the id
+                inputs[m] = torch.from_numpy(self.stores[m].take(positions))  # (B_m, F)
             else:
+                keys = [self.keys[m][r] for r in sel]
                 enc = self.encoders[m]
                 cells = [str(self.manifest.resolve(k)) if enc.reads_files else k for k in keys]
                 inputs[m] = enc.collate([enc.load(c) for c in cells])

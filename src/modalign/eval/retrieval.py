@@ -260,9 +260,17 @@ def _chunk_ranks(
     pos = pos.sort(dim=1, descending=True).values  # (c, P), best positive first
     scores.scatter_(1, idx, -math.inf)  # now only negatives remain
     if p <= SORT_THRESHOLD:
-        mask = work.mask[:c]
-        higher = torch.stack(
-            [torch.ge(scores, pos[:, i : i + 1], out=mask).sum(1) for i in range(p)], dim=1
+        # numpy's compare-and-count is 6x faster than torch's ge + sum(1) over bool, whose
+        # reduction widens every element to int64 (same counts)
+        s, mask, best = scores.numpy(), work.mask[:c].numpy(), pos.numpy()
+        higher = torch.from_numpy(
+            np.stack(
+                [
+                    np.count_nonzero(np.greater_equal(s, best[:, i : i + 1], out=mask), axis=1)
+                    for i in range(p)
+                ],
+                axis=1,
+            )
         )
     else:  # one sort per row beats P passes over the row
         ascending = scores.sort(dim=1).values

@@ -40,6 +40,7 @@ from modalign.eval.retrieval import (
     summarize_retrieval,
 )
 from modalign.eval.zeroshot import zero_shot_metrics, zero_shot_scores
+from modalign.threads import step_threads, threads_for_flops
 from modalign.types import Direction, EmbeddingSet, MetricKey, Pair, Subject
 
 #: Metrics that get bootstrap intervals (every retrieval metric that is a per-query statistic).
@@ -128,17 +129,25 @@ def evaluate_split(
         A :class:`SplitEvaluation`.
     """
     ev = SplitEvaluation(split)
-    _add_retrieval(ev, emb, ks, n_boot, chunk_size)
-    if center and len(emb.modalities) > 1:
-        centred = EmbeddingSet(
-            dg.center_modalities(emb.embeddings), emb.ids, emb.groups, emb.labels
-        )
-        _add_retrieval(ev, centred, ks, 0, chunk_size, variant=CENTERED)
-    _add_pair_diagnostics(ev, emb, max_pairs)
-    _add_modality_diagnostics(ev, emb, max_pairs)
-    if emb.labels is not None:
-        _add_supervised(ev, emb, classes)
+    with step_threads(_threads(emb), blas=True):
+        _add_retrieval(ev, emb, ks, n_boot, chunk_size)
+        if center and len(emb.modalities) > 1:
+            centred = EmbeddingSet(
+                dg.center_modalities(emb.embeddings), emb.ids, emb.groups, emb.labels
+            )
+            _add_retrieval(ev, centred, ks, 0, chunk_size, variant=CENTERED)
+        _add_pair_diagnostics(ev, emb, max_pairs)
+        _add_modality_diagnostics(ev, emb, max_pairs)
+        if emb.labels is not None:
+            _add_supervised(ev, emb, classes)
     return ev
+
+
+def _threads(emb: EmbeddingSet) -> int:
+    """Threads for the evaluation: one for small sets (see ``modalign.threads``), judged by the
+    largest product, a retrieval chunk's (up to 4,096, N) x (N, D) scores."""
+    n, dim = len(emb), max(x.shape[1] for x in emb.embeddings.values())
+    return threads_for_flops(2.0 * min(n, 4096) * n * dim)
 
 
 def _add_retrieval(

@@ -129,9 +129,13 @@ class FeatureStore:
             positions = [self.index[key] for key in keys]
         except KeyError as err:
             raise DataError(f"{self.path}: no features for id {err.args[0]!r}") from None
+        return self.take(np.asarray(positions, dtype=np.int64))
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """Float32 (len(positions), D) features of the rows at ``positions`` (from ``index``)."""
         order = np.argsort(positions)  # sorted reads are kinder to the page cache
         out = np.empty((len(positions), self.dim), dtype=np.float32)
-        out[order] = self.array[np.asarray(positions)[order]]
+        out[order] = self.array[positions[order]]
         return out
 
 

@@ -25,11 +25,13 @@ from modalign.data.paired import Batch, BatchDataset, EpochBatches, PairedData, 
 from modalign.data.samplers import build_sampler
 from modalign.errors import ConfigError, DataError
 from modalign.io import hold_folder, write_json_atomic
+from modalign.losses.tiled import DEFAULT_TILE
 from modalign.model.aligner import Aligner
 from modalign.model.inference import embed_split, to_device
 from modalign.model.init import HEAD_INITS
 from modalign.model.load import save_model
 from modalign.pipeline import RunParts, build_parts
+from modalign.threads import auto_threads, step_threads
 from modalign.train.checkpoint import (
     check_model_state,
     load_checkpoint,
@@ -40,6 +42,7 @@ from modalign.train.checkpoint import (
 )
 from modalign.train.gradcache import gradcache_step
 from modalign.train.metrics_log import MetricsLogger
+from modalign.train.optim import AdamW
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ def make_optimizer(model: Aligner, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     # the fused kernel is several times faster than the per-tensor loop, on CPUs too
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+    return AdamW(groups, lr=cfg.lr, fused=True)
 
 
 def make_schedule(
@@ -249,10 +252,24 @@ class Trainer:
             self.state.epoch < cfg.train.epochs
             and self.state.bad_epochs < cfg.train.early_stopping.patience
         ):
-            self._train_epoch()
-            self._end_epoch()
+            with step_threads(self._step_threads()):
+                self._train_epoch()
+                self._end_epoch()
         self.logger.close()
-        return self.evaluate()
+        with step_threads(self._step_threads()):
+            return self.evaluate()
+
+    def _step_threads(self) -> int | None:
+        """Intra-op threads for an epoch: ``train.num_threads``, else chosen from the step's work
+        and the machine's load now (``modalign.threads``); None (unchanged) on a GPU."""
+        cfg = self.cfg.train
+        if cfg.num_threads is not None or self.device.type != "cpu":
+            return cfg.num_threads
+        rows = cfg.batch_size // distributed.world_size()
+        tile = self.cfg.loss.tile_size or DEFAULT_TILE
+        return auto_threads(
+            self.model, min(rows, cfg.chunk_size or rows), self.model.embed_dim, tile
+        )
 
     def _score_initial(self) -> None:
         """Score fitted initial heads on val as epoch 0: training must beat them to replace them."""

@@ -86,11 +86,13 @@ class AllPairsObjective(Objective):
         for a, b in plan:
             both = present[a] & present[b]  # (B,)
             ea, eb = self.embedded(emb, a, scale), self.embedded(emb, b, scale)
-            # position of row r among m's present rows = (#present rows before r) - 1
-            idx_a = (torch.cumsum(present[a].long(), 0) - 1)[both].to(ea.device)
-            idx_b = (torch.cumsum(present[b].long(), 0) - 1)[both].to(eb.device)
             g = None if groups is None else groups[both].to(ea.device)
-            x, y = ea[idx_a], eb[idx_b]  # (n, D) each
+            if len(ea) == len(eb) == len(both):  # every row has both: no gathers (nor backward)
+                x, y = ea, eb
+            else:  # position of row r among m's present rows = (#present rows before r) - 1
+                idx_a = (torch.cumsum(present[a].long(), 0) - 1)[both].to(ea.device)
+                idx_b = (torch.cumsum(present[b].long(), 0) - 1)[both].to(eb.device)
+                x, y = ea[idx_a], eb[idx_b]  # (n, D) each
             out[f"{a}_{b}"] = pair_loss(self.loss_name, x, y, scale, bias, g, g, self.tile_size)
         out.update(self.regularisers(emb))
         return out
