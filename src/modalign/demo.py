@@ -94,7 +94,7 @@ def run_demo(
 
 
 def build_demo_index(trainer: Trainer, folder: Path) -> None:
-    """An exact index of every stamp's image, caption and sound (all splits), embedded by the
+    """An exact index of every stamp's items in every modality (all splits), embedded by the
     trained run from the cached features, for ``modalign serve``."""
     from modalign.index.build import add_manifest
     from modalign.index.store import Index
