@@ -97,7 +97,7 @@ def test_demo_smoke_run_writes_metrics_baselines_and_report(tmp_path: Path) -> N
     from modalign.index.store import Index
 
     index = Index.load(tmp_path / "out" / "index")  # every stamp's items, for `modalign serve`
-    assert index.modalities == ["caption", "image", "sound"]
+    assert index.modalities == ["caption", "description", "image", "sound"]
     assert index.model_id == json.loads((run / "model.json").read_text())["model_id"]
     first = next(i for i in index.items if i.endswith(":caption"))
     hits = index.search(index.vector(first)[None], 3, modality="image")[0]

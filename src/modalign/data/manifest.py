@@ -122,7 +122,7 @@ def read_table(path: Path) -> dict[str, list[str | None]]:
 
 def _check_header(path: Path, sep: str) -> None:
     """Catch a manifest written with another delimiter, and duplicate column names, at the header."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is no name
         header = f.readline().rstrip("\r\n")
     if not header.strip():
         raise DataError(f"{path}: the first line (the header) is empty")
@@ -152,7 +152,7 @@ def _check_header(path: Path, sep: str) -> None:
 
 def _read_delimited(path: Path, sep: str) -> dict[str, list[str | None]]:
     """A CSV/TSV table; a row with another number of fields than the header is an error."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=sep, strict=True)
         header = [name.strip() for name in next(reader)]
         columns: list[list[str | None]] = [[] for _ in header]
