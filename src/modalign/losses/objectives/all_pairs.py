@@ -41,23 +41,10 @@ class AllPairsObjective(Objective):
         [('a', 'b')]
     """
 
-    def __init__(
-        self,
-        modalities: Sequence[str],
-        embed_dim: int,
-        loss_name: str = "infonce",
-        tile_size: int | None = None,
-        anchor: str | None = None,
-        pairs: Sequence[tuple[str, str]] = (),
-        weights: Mapping[str, float] | None = None,
-        uniformity: float = 0.0,
-    ) -> None:
-        super().__init__(
-            modalities, embed_dim, loss_name, tile_size, anchor, pairs, weights, uniformity
-        )
-        _check_modality(anchor, self.modalities, "loss.anchor")
+    def configure(self, pairs: Sequence[tuple[str, str]], weights: dict[str, float]) -> None:
+        """The pairs to train (``loss.pairs`` or :meth:`default_pairs`) and their weights."""
         pairs = _check_pairs(pairs, self.modalities) or self.default_pairs()
-        self.term_weights = _pair_weights(weights or {}, pairs)
+        self.term_weights = _pair_weights(weights, pairs)
         # a pair weighing 0 is not trained (its pair is still evaluated)
         self.pairs = [(a, b) for a, b in pairs if self.term_weights.get(f"{a}_{b}", 1.0) > 0]
         if not self.pairs:

@@ -62,6 +62,18 @@ class Objective(ABC):
         self.anchor = anchor
         self.uniformity = uniformity
         self.term_weights: dict[str, float] = {}  # term name -> weight; absent: 1
+        if anchor is not None and anchor not in self.modalities:
+            raise ConfigError(
+                f"loss.anchor names {anchor!r}, which is not a modality ({', '.join(self.modalities)})"
+            )
+        self.configure(pairs, dict(weights or {}))
+
+    def configure(self, pairs: Sequence[tuple[str, str]], weights: dict[str, float]) -> None:
+        """Check and take the config's pairs and per-pair weights (subclasses that use them)."""
+        if pairs or weights:
+            raise ConfigError(
+                f"loss.pairs and loss.weights apply to pairwise objectives, not {type(self).__name__}"
+            )
 
     @abstractmethod
     def plan(self, present: Mapping[str, Tensor], device: torch.device | None = None) -> Any:

@@ -75,27 +75,9 @@ class JointObjective(Objective):
     Subclasses implement :meth:`subset_loss` on the gathered embeddings of one subset.
     """
 
-    def __init__(
-        self,
-        modalities: Sequence[str],
-        embed_dim: int,
-        loss_name: str = "infonce",
-        tile_size: int | None = None,
-        anchor: str | None = None,
-        pairs: Sequence[tuple[str, str]] = (),
-        weights: Mapping[str, float] | None = None,
-        uniformity: float = 0.0,
-    ) -> None:
-        super().__init__(
-            modalities, embed_dim, loss_name, tile_size, anchor, pairs, weights, uniformity
-        )
+    def configure(self, pairs: Sequence[tuple[str, str]], weights: dict[str, float]) -> None:
+        super().configure(pairs, weights)  # joint objectives take no pairs nor weights
         name = type(self).__name__
-        if pairs or weights:
-            raise ConfigError(
-                f"loss.pairs and loss.weights apply to pairwise objectives, not {name}"
-            )
-        if anchor is not None and anchor not in self.modalities:
-            raise ConfigError(f"loss.anchor names {anchor!r}, which is not a modality")
         if len(self.modalities) > MAX_MODALITIES:
             raise ConfigError(f"{name} enumerates modality subsets: at most {MAX_MODALITIES}")
         self.subsets = all_subsets(self.modalities)
