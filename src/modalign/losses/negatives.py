@@ -33,6 +33,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -154,11 +155,14 @@ def hn_nce_loss(
         Pre-Training".
     """
     del bias
-    logits = scale * (x @ y.T)  # (B, B')
-    pos = positive_mask(x.shape[0], y.shape[0], groups_x, groups_y, x.device)
-    row = hn_nce_direction(logits, pos, alpha, beta)
-    col = hn_nce_direction(logits.T, pos.T, alpha, beta)
-    return (row + col) / 2
+    return _both_directions(
+        lambda logits, pos: hn_nce_direction(logits, pos, alpha, beta),
+        x,
+        y,
+        scale,
+        groups_x,
+        groups_y,
+    )
 
 
 @register_loss("debiased", init_temperature=0.07)
@@ -191,11 +195,24 @@ def debiased_loss(
         Chuang et al., 2020, "Debiased Contrastive Learning".
     """
     del bias
+    return _both_directions(
+        lambda logits, pos: debiased_direction(logits, pos, scale, tau_plus),
+        x, y, scale, groups_x, groups_y,
+    )  # fmt: skip
+
+
+def _both_directions(
+    direction: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    scale: Tensor,
+    groups_x: Tensor | None,
+    groups_y: Tensor | None,
+) -> Tensor:
+    """Mean of ``direction(logits, positives)`` over rows (x -> y) and columns (y -> x)."""
     logits = scale * (x @ y.T)  # (B, B')
-    pos = positive_mask(x.shape[0], y.shape[0], groups_x, groups_y, x.device)
-    row = debiased_direction(logits, pos, scale, tau_plus)
-    col = debiased_direction(logits.T, pos.T, scale, tau_plus)
-    return (row + col) / 2
+    pos = positive_mask(x.shape[0], y.shape[0], groups_x, groups_y, x.device)  # (B, B') bool
+    return (direction(logits, pos) + direction(logits.T, pos.T)) / 2
 
 
 def uniformity_loss(x: Tensor, t: float = 2.0) -> Tensor:
