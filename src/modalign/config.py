@@ -60,6 +60,10 @@ class HeadConfig:
     init: str = "auto"  # a key of modalign.model.init.HEAD_INITS ("auto", "cca", "random")
     init_pca_dim: int | None = None  # PCA width before the CCA (None: full rank)
     init_reg: float = 0.1  # covariance shrinkage of the CCA, relative to the mean eigenvalue
+    # use another modality's head (one module, trained by both): for modalities whose features
+    # live in one space, e.g. spoken descriptions transcribed and embedded by the captions' text
+    # encoder; set per modality (``model.heads.<m>.share``), the other fields are then unused
+    share: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.hidden_dim >= 1, "model.head.hidden_dim", self.hidden_dim, ">= 1")

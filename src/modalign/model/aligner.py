@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from modalign.config import Config
 from modalign.encoders import Encoder, build_encoder
+from modalign.errors import ConfigError
 from modalign.losses import LOSSES
 from modalign.model.heads import HEADS
 
@@ -108,6 +109,11 @@ class Aligner(nn.Module):
         if self.schedule is not None:
             self.get_buffer("temperature_step").add_(1)
 
+    def head_owner(self, modality: str) -> str:
+        """The modality whose head ``modality`` uses: itself, unless it shares another's."""
+        head = self.heads[modality]
+        return next(m for m in self.heads if self.heads[m] is head)
+
     def encode(self, modality: str, inputs: Any) -> Tensor:
         """(B, D) unit-norm embeddings of one modality's batch."""
         features = self.encoders[modality](inputs)  # (B, F)
@@ -140,9 +146,11 @@ def build_model(
         encoder = build_encoder(name, modality, input_dim, dict(options))
         encoders[modality] = encoder
         head_cfg = cfg.model.head_for(modality)
-        heads[modality] = HEADS.get(head_cfg.kind).from_config(
-            encoder.output_dim, cfg.model.embed_dim, head_cfg
-        )
+        if head_cfg.share is None:
+            heads[modality] = HEADS.get(head_cfg.kind).from_config(
+                encoder.output_dim, cfg.model.embed_dim, head_cfg
+            )
+    heads.update(shared_heads(cfg, encoders, heads))
     spec = LOSSES.get(cfg.loss.name)
     temperature = cfg.loss.init_temperature or spec.init_temperature
     bias = cfg.loss.init_bias if cfg.loss.init_bias is not None else spec.init_bias
@@ -150,3 +158,29 @@ def build_model(
         encoders, heads, temperature, cfg.loss.learn_temperature, cfg.loss.max_scale, bias,
         cfg.loss.final_temperature, cfg.loss.temperature_steps,
     )  # fmt: skip
+
+
+def shared_heads(
+    cfg: Config, encoders: Mapping[str, Encoder], heads: Mapping[str, nn.Module]
+) -> dict[str, nn.Module]:
+    """The heads of modalities that use another modality's head (``model.heads.<m>.share``).
+
+    The module is the owner's own: both modalities train it, and a state dict lists its weights
+    under both names (safetensors stores them once).
+    """
+    out = {}
+    for modality, encoder in encoders.items():
+        owner = cfg.model.head_for(modality).share
+        if owner is None:
+            continue
+        where = f"model.heads.{modality}.share"
+        if owner not in heads:
+            known = sorted(heads)
+            raise ConfigError(f"{where}: {owner!r} is not a modality with its own head ({known})")
+        if encoders[owner].output_dim != encoder.output_dim:
+            raise ConfigError(
+                f"{where}: {modality!r} has {encoder.output_dim} features and {owner!r} "
+                f"{encoders[owner].output_dim}; a shared head needs one feature space"
+            )
+        out[modality] = heads[owner]
+    return out

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from modalign.config import Config, load_config
 from modalign.data.paired import PairedData, iterate_rows
@@ -74,6 +75,7 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[Config, Aligner, Paire
     cfg = load_config(config_path)
     parts = build_parts(cfg)
     path, weights = _run_weights(run_dir, which)
+    weights = with_shared_names(weights, parts.model)
     _check_shapes(weights, parts.model.state_dict(), path)
     parts.model.load_state_dict(weights)
     return cfg, parts.model, parts.data
@@ -95,6 +97,22 @@ def _run_weights(run_dir: Path, which: str) -> tuple[Path, dict[str, torch.Tenso
     if not ckpt_path.exists():
         ckpt_path = run_dir / "last.pt"
     return ckpt_path, dict(load_checkpoint(ckpt_path)["model"])
+
+
+def with_shared_names(saved: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``saved`` with every name of a shared tensor (a shared head's weights), which safetensors
+    stores under one of its names only."""
+    names: dict[tuple[int, torch.Size], list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.numel():
+            names.setdefault((tensor.data_ptr(), tensor.shape), []).append(name)
+    out = dict(saved)
+    for group in names.values():
+        present = [n for n in group if n in saved]
+        for name in group:
+            if present and name not in out:
+                out[name] = saved[present[0]]
+    return out
 
 
 def _check_shapes(

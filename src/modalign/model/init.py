@@ -139,12 +139,15 @@ def _set_from_cca(
     feats = head_inputs(model, data, rows)
     have = {m: ~np.isnan(x).any(1) for m, x in feats.items()}
     a, b = anchor
+    if model.head_owner(a) != a or model.head_owner(b) != b:
+        raise ConfigError(f"model.head.init: the anchor pair {a}/{b} needs heads of its own")
     both = have[a] & have[b]
     if both.sum() < 4:
         raise DataError(f"model.head.init: only {int(both.sum())} train rows have {a!r} and {b!r}")
     fitted = fit_cca_affine(feats[a][both], feats[b][both], model.embed_dim, pca_dim, reg)
     maps = {m: _rescale(feats[m][have[m]], *fit) for m, fit in zip((a, b), fitted, strict=True)}
-    maps.update(_regress_others(model.modalities, feats, have, maps, reg))
+    owners = [m for m in model.modalities if model.head_owner(m) == m]  # sharers take theirs
+    maps.update(_regress_others(owners, feats, have, maps, reg))
     with torch.no_grad():
         for m, (w, bias) in maps.items():
             set_head_affine(model.heads[m], w, bias)
