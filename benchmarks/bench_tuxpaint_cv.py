@@ -98,7 +98,7 @@ def run_fold(
         metrics = trainer.fit()
     if baselines is not None and baselines.exists():
         return {"model": metrics, **json.loads(baselines.read_text())}
-    scores = score_baselines(trainer.parts, cfg.eval)
+    scores = score_baselines(trainer.parts.data, cfg.eval.splits, cfg.eval.ks)
     if baselines is not None:
         write_json_atomic(baselines, scores)
     return {"model": metrics, **scores}

@@ -46,3 +46,26 @@ def test_summary_against_a_hand_table() -> None:
     assert out[f"{d}/model-cca"] == pytest.approx(0.0167, abs=1e-4)
     assert out[f"{d}/model-cca/se"] == pytest.approx(0.0441, abs=1e-4)
     assert out[f"{d}/model-cca/win-tie-loss"] == [1, 1, 1]
+
+
+def test_a_fold_trains_the_packaged_recipe_and_scores_the_baselines(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from modalign.data.synthetic import write_synthetic_dataset
+
+    dims = {"image": 24, "caption": 16, "sound": 12, "description": 16}
+    manifest = write_synthetic_dataset(tmp_path, n=400, dims=dims, groups=200, missing=0.3)
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    frame["split"] = bench.fold_splits(frame["group"].tolist(), 4, 0, seed=1, val_share=0.2)
+    frame.to_csv(manifest, index=False)
+    fold = bench.run_fold(
+        manifest,
+        tmp_path,
+        ["train.epochs=1", "data.min_rows=2"],
+        tmp_path / "work",
+        tmp_path / "b.json",
+    )
+    assert {"model", "random", "procrustes", "cca"} <= set(fold)
+    assert (tmp_path / "b.json").exists()  # baselines cached for the next recipe
+    summary = bench.summarise("demo", [fold, fold])
+    assert "sound_to_description/bar_margin" in summary
