@@ -1,6 +1,6 @@
 """Encoders: the registry, the base class and the built-ins (imported here so they register)."""
 
-from modalign.encoders import audio, features, image, text
+from modalign.encoders import audio, features, image, speech, text
 from modalign.encoders.base import ENCODERS, Encoder, build_encoder
 
-__all__ = ["ENCODERS", "Encoder", "audio", "build_encoder", "features", "image", "text"]
+__all__ = ["ENCODERS", "Encoder", "audio", "build_encoder", "features", "image", "speech", "text"]
