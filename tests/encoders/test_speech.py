@@ -101,7 +101,7 @@ def test_cache_key_follows_the_text_encoder_and_frozen_false_is_refused(
         build_encoder("speech_text", "speech", None, {"frozen": False})
     with pytest.raises(ConfigError, match="transcriber 'whisper' is unknown"):
         build_encoder("speech_text", "speech", None, {"transcriber": "whisper"})
-    with pytest.raises(ConfigError, match="model folder .* not found"):
+    with pytest.raises(ConfigError, match=r"model folder .* not found"):
         TRANSCRIBERS.get("hf_asr")(16000, model="/no/such/folder")
     with pytest.raises(ConfigError, match="pocketsphinx transcriber: bad option"):
         TRANSCRIBERS.get("pocketsphinx")(16000, no_such_option=1)

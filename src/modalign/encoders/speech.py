@@ -108,7 +108,9 @@ class PocketSphinxTranscriber(Transcriber):
             if not path.exists():
                 raise ConfigError(f"pocketsphinx transcriber: {key} {value} not found")
             paths += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        options = {k: v for k, v in self.options.items() if k not in (*_SPHINX_FILES, *_SPHINX_QUIET)}
+        options = {
+            k: v for k, v in self.options.items() if k not in (*_SPHINX_FILES, *_SPHINX_QUIET)
+        }
         version = importlib.metadata.version("pocketsphinx")
         return f"pocketsphinx-{version}:{hash_files(paths)}:{sorted(options.items())}"
 
