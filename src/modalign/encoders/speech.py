@@ -86,6 +86,13 @@ class PocketSphinxTranscriber(Transcriber):
         **options: PocketSphinx configuration (``hmm``, ``lm``, ``dict``, ``beam``, ...);
             default the US-English model inside the package, logging only fatal errors.
 
+    Example:
+        >>> sphinx = build_transcriber("pocketsphinx", 16000, {})
+        >>> sphinx.transcribe(np.zeros(800, dtype=np.float32))  # 50 ms of silence: no words
+        ''
+        >>> sphinx.identity().startswith("pocketsphinx-5.1.1:")
+        True
+
     References:
         Huggins-Daines et al., 2006, "PocketSphinx" (ICASSP).
     """
@@ -250,14 +257,14 @@ class SpeechTextEncoder(Encoder):
             raise ConfigError(
                 "speech_text: frozen: false is not supported (speech recognition is not trained)"
             )
+        recogniser = build_transcriber(
+            transcriber, int(sample_rate), dict(transcriber_options or {})
+        )
+        identity = recogniser.identity()  # before loading the text model: bad paths fail fast
         text_encoder = _build_text_encoder(modality, text, dict(text_options or {}))
         super().__init__(modality, text_encoder.output_dim, frozen=True)
-        self.text = text_encoder
+        self.text, self.transcriber, self._transcriber_id = text_encoder, recogniser, identity
         self.sample_rate, self.max_seconds = int(sample_rate), float(max_seconds)
-        self.transcriber = build_transcriber(
-            transcriber, self.sample_rate, dict(transcriber_options or {})
-        )
-        self._transcriber_id = self.transcriber.identity()
 
     def load(self, cell: str) -> torch.Tensor:  # (T,) float32 at sample_rate
         return torch.from_numpy(load_audio(cell, self.sample_rate, self.max_seconds))
