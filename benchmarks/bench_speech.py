@@ -119,15 +119,18 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, help="a CSV with an audio and a text column")
     parser.add_argument("--audio", default="description")
     parser.add_argument("--text", default="caption")
+    parser.add_argument("--passes", type=int, default=2, help="PocketSphinx decodings per clip")
     args = parser.parse_args()
-    encoder = build_encoder("speech_text", "speech", None, {})
+    options = {"transcriber_options": {"passes": args.passes}}
+    encoder = build_encoder("speech_text", "speech", None, options)
     with tempfile.TemporaryDirectory() as tmp:
         for voice in args.voices:
             result = bench_voice(encoder, voice, args.speed, Path(tmp))
-            print(json.dumps({**result, "load_avg": os.getloadavg()}), flush=True)
+            print(json.dumps({**result, "passes": args.passes, "load_avg": os.getloadavg()}),
+                  flush=True)  # fmt: skip
     if args.manifest is not None:
         result = bench_manifest(encoder, args.manifest, args.audio, args.text)
-        print(json.dumps({**result, "load_avg": os.getloadavg()}), flush=True)
+        print(json.dumps({**result, "passes": args.passes, "load_avg": os.getloadavg()}))
 
 
 if __name__ == "__main__":

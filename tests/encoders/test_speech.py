@@ -35,7 +35,7 @@ pytestmark = [
     ),
 ]
 # A female US-English voice at 150 words per minute: PocketSphinx's US-English model hears it
-# best of espeak-ng's voices (about 60% of words; the default male voice gets about 15%).
+# best of espeak-ng's voices (about half the words; the default male voice gets about 12%).
 VOICE, SPEED = "en-us+f2", "150"
 PHRASES = ["one two three four five", "thank you very much", "the sun is hot", "a red apple"]
 STOPWORDS = {"a", "an", "the", "is", "in", "on", "of", "to", "and"}
@@ -71,7 +71,8 @@ def test_transcripts_share_words_with_what_was_said(
 ) -> None:
     heard = [encoder.transcribe(p) for p in spoken]
     hits = [bool(words(h) & words(p)) for h, p in zip(heard, PHRASES, strict=True)]
-    assert sum(hits) >= 2, list(zip(PHRASES, heard, strict=True))  # 4 of 4 here
+    assert sum(hits) >= 2, list(zip(PHRASES, heard, strict=True))  # 3 of 4 here
+    assert encoder.transcribe(spoken[1]) == heard[1]  # the same after other clips
 
 
 def test_embedding_is_the_text_encoders_embedding_of_the_transcript(
@@ -81,12 +82,12 @@ def test_embedding_is_the_text_encoders_embedding_of_the_transcript(
 
     silence = tmp_path / "silence.wav"
     sf.write(silence, np.zeros(800, dtype=np.float32), 16000)  # 50 ms: too short for a word
-    paths = [spoken[2], spoken[3], silence]
+    paths = [spoken[2], silence]
     with torch.inference_mode():
-        got = encoder(encoder.collate([encoder.load(str(p)) for p in paths]))  # (3, 384)
+        got = encoder(encoder.collate([encoder.load(str(p)) for p in paths]))  # (2, 384)
         texts = [encoder.transcribe(p) for p in paths]
         want = torch.cat([encoder.text(encoder.text.collate([t])) for t in texts])
-    assert texts[2] == "" and got.shape == (3, encoder.output_dim) == (3, 384)
+    assert texts[1] == "" and got.shape == (2, encoder.output_dim) == (2, 384)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)  # silence embeds as ""
 
 
