@@ -100,6 +100,8 @@ def test_cache_key_follows_the_text_encoder_and_frozen_false_is_refused(
     assert "pocketsphinx-5.1.1:" in encoder.cache_key()
     with pytest.raises(ConfigError, match="frozen: false is not supported"):
         build_encoder("speech_text", "speech", None, {"frozen": False})
+    with pytest.raises(ConfigError, match="text_options for 'sentence_transformer': got an unex"):
+        build_encoder("speech_text", "speech", None, {"text_options": {"colour": 1}})
     with pytest.raises(ConfigError, match="transcriber 'whisper' is unknown"):
         build_encoder("speech_text", "speech", None, {"transcriber": "whisper"})
     with pytest.raises(ConfigError, match=r"model folder .* not found"):

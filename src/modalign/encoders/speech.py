@@ -241,6 +241,12 @@ class SpeechTextEncoder(Encoder):
         ``forward``: (B, text encoder's output_dim) embeddings of the B transcripts; an empty
         transcript is embedded as "".
 
+    Example:
+        >>> enc = SpeechTextEncoder("speech")
+        >>> x = enc(enc.collate([torch.zeros(800)]))  # 50 ms of silence, embedded as ""
+        >>> x.shape, bool(torch.allclose(x, enc.text(enc.text.collate([""]))))
+        (torch.Size([1, 384]), True)
+
     References:
         Huggins-Daines et al., 2006, "PocketSphinx"; Reimers & Gurevych, 2019, "Sentence-BERT".
     """
@@ -323,6 +329,10 @@ def _build_text_encoder(modality: str, name: str, options: dict[str, Any]) -> En
         raise ConfigError(f"speech_text: text encoder {name!r} does not read texts")
     if options.get("frozen") is False:
         raise ConfigError("speech_text: the text encoder must stay frozen (text_options.frozen)")
+    try:
+        inspect.signature(cls).bind(modality, None, **options)
+    except TypeError as err:
+        raise ConfigError(f"speech_text: text_options for {name!r}: {err}") from None
     encoder = build_encoder(name, modality, None, options)
     encoder.requires_grad_(False)
     return encoder.eval()
