@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# chromium + chromium-driver: the search page's browser tests (they skip without them)
-APT_PACKAGES := tuxpaint-stamps-default chromium chromium-driver
+# chromium + chromium-driver: the search page's browser tests (they skip without them);
+# espeak-ng: synthesised speech for the speech_text encoder's tests (they skip without it)
+APT_PACKAGES := tuxpaint-stamps-default chromium chromium-driver espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: system install test lint demo clean bench-cmg-setup bench-cmg
@@ -22,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,encoders,faiss,serve]"
+	$(BIN)/pip install -q -e ".[dev,encoders,faiss,serve,speech]"
 	# peers the tests compare against; --no-deps because their wheels ask for torchvision, which
 	# does not fit this torch; the modules used (CLIP_benchmark's retrieval metric, open_clip's
 	# losses) need only torch

@@ -1,6 +1,6 @@
 """Encoders: the registry, the base class and the built-ins (imported here so they register)."""
 
-from modalign.encoders import audio, features, image, spectrogram, text
+from modalign.encoders import audio, features, image, spectrogram, speech, text
 from modalign.encoders.base import ENCODERS, Encoder, build_encoder
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "features",
     "image",
     "spectrogram",
+    "speech",
     "text",
 ]

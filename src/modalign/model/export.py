@@ -45,6 +45,7 @@ from modalign.encoders import ENCODERS, Encoder
 from modalign.encoders.audio import AudioFileEncoder
 from modalign.encoders.features import PrecomputedEncoder
 from modalign.encoders.image import ImageFileEncoder
+from modalign.encoders.speech import SpeechTextEncoder
 from modalign.encoders.text import SentenceTransformerEncoder
 from modalign.errors import ConfigError
 from modalign.io import write_json_atomic
@@ -134,11 +135,20 @@ def _audio_inputs(encoder: Encoder, out: Path, modality: str) -> GraphInputs:
     return GraphInputs(["wave", "lengths"], [batch["wave"], batch["lengths"]], axes, prep)
 
 
+def _speech_inputs(encoder: Encoder, out: Path, modality: str) -> GraphInputs:
+    raise ConfigError(
+        f"modality {modality!r}: speech_text runs a speech recogniser, which cannot be an ONNX "
+        "graph; export the other modalities (--modality), or transcribe the audio yourself and "
+        "embed the transcripts"
+    )
+
+
 # Graph inputs by the class of the raw encoder (checked in order; subclasses match their base).
 GRAPH_INPUTS: list[tuple[type[Encoder], Callable[[Encoder, Path, str], GraphInputs]]] = [
     (SentenceTransformerEncoder, _text_inputs),
     (ImageFileEncoder, _image_inputs),
     (AudioFileEncoder, _audio_inputs),
+    (SpeechTextEncoder, _speech_inputs),
 ]
 
 
@@ -190,9 +200,9 @@ def export_onnx(model: TrainedModel, out: Path, modalities: Sequence[str]) -> di
         ``preprocessing``, and ``max_abs_diff`` (onnxruntime vs torch on the examples).
     """
     _require_export("onnx")
+    specs = {m: graph_inputs(model, m, out) for m in modalities}  # refuse before any tracing
     graphs = {}
-    for m in modalities:
-        spec = graph_inputs(model, m, out)
+    for m, spec in specs.items():
         diff = export_tower(model.tower(m), spec, out / f"{m}.onnx")
         graphs[m] = {
             "file": f"{m}.onnx",
