@@ -154,7 +154,8 @@ def test_unknown_model_is_refused():
 
 
 def test_eval_with_labels_imports_neither_sklearn_nor_scipy(tmp_path: Path):
-    """Their imports cost more than a small evaluation itself (see modalign.eval.probe)."""
+    """Nor torch's compiler stack: their imports cost more than a small evaluation itself (see
+    modalign.eval.probe)."""
     x, y = _dataset("balanced")
     np.savez(
         tmp_path / "e.npz",
@@ -167,7 +168,8 @@ def test_eval_with_labels_imports_neither_sklearn_nor_scipy(tmp_path: Path):
         "import sys, json; from modalign.cli import main; "
         f"rc = main(['eval', '--embeddings', {str(tmp_path / 'e.npz')!r}, '--out', "
         f"{str(tmp_path / 'out')!r}, '--bootstrap', '50']); "
-        "print(json.dumps([rc, sorted(m for m in ('sklearn', 'scipy') if m in sys.modules)]))"
+        "print(json.dumps([rc, sorted(m for m in ('sklearn', 'scipy', 'torch._dynamo', 'sympy') "
+        "if m in sys.modules)]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     rc, heavy = json.loads(out.stdout.strip().splitlines()[-1])
