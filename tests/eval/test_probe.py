@@ -94,14 +94,19 @@ def test_folds_are_sklearns(name, seed):
     assert (stratified_folds(y, folds, seed) == ref).all()
 
 
-def _sklearn_oof(x: np.ndarray, y: np.ndarray, model) -> np.ndarray:
+def _sklearn_oof(x: np.ndarray, y: np.ndarray, model) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictions (N,) and the gap (N,) between each item's two best probabilities."""
     model_selection = pytest.importorskip("sklearn.model_selection")
     folds = min(5, int(np.unique(y, return_counts=True)[1].min()))
     splitter = model_selection.StratifiedKFold(folds, shuffle=True, random_state=0)
     pred, x = np.empty_like(y), x.astype(np.float64)  # scikit-learn fits float32 in float32
+    margin = np.empty(len(y))
     for train, test in splitter.split(x, y):
-        pred[test] = model(len(train)).fit(x[train], y[train]).predict(x[test])
-    return pred
+        fitted = model(len(train)).fit(x[train], y[train])
+        pred[test] = fitted.predict(x[test])
+        top2 = np.sort(fitted.predict_proba(x[test]), axis=1)[:, -2:]
+        margin[test] = top2[:, 1] - top2[:, 0]
+    return pred, margin
 
 
 @pytest.mark.parametrize("name", DATASETS)
@@ -111,9 +116,15 @@ def test_cross_validated_linear_probe_equals_sklearns(name):
 
     x, y = _dataset(name)
     y = np.array([4, 9, 1, 6, 2, 8, 0, 3, 5, 7])[y]  # predictions come back as the labels
-    ref = _sklearn_oof(x, y, lambda n: LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000))
-    pred = cross_val_predictions(x, y, "linear")
-    assert (pred == ref).all()  # identical accuracy, item by item
+    ref, margin = _sklearn_oof(
+        x, y, lambda n: LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000)
+    )
+    pred = cross_val_predictions(x, y, "linear")  # at the probe's tolerance, 1e-6
+    # identical item by item, but for near ties (two classes within 1e-5 in probability: one
+    # item of "balanced") that a fit to a finite tolerance may break the other way
+    near_tie = margin < 1e-5
+    assert near_tie.sum() <= 1
+    assert (pred == ref)[~near_tie].all()
     assert 0.3 < (pred == y).mean() < 1.0  # neither trivial nor perfect: a test that can fail
 
 
@@ -123,7 +134,7 @@ def test_cross_validated_knn_equals_sklearns(name):
     from sklearn.neighbors import KNeighborsClassifier
 
     x, y = _dataset(name)
-    ref = _sklearn_oof(
+    ref, _ = _sklearn_oof(
         x,
         y,
         lambda n: KNeighborsClassifier(n_neighbors=min(10, n), metric="cosine", algorithm="brute"),
