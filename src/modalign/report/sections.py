@@ -288,9 +288,12 @@ CLASSIFICATION_COLUMNS = (
 CONFUSION_CELL, CONFUSION_SIDE, CONFUSION_WIDTH = 0.35, 8.0, 16.5
 
 
+Rect = tuple[float, float, float, float]
+
+
 def _confusion_layout(
     n_panels: int, side: float, names_width: float
-) -> tuple[tuple[float, float], list[tuple[float, float, float, float]], tuple[float, ...]]:
+) -> tuple[tuple[float, float], list[Rect], Rect]:
     """Figure size, panel rectangles and colour bar rectangle (inches) of square panels.
 
     Panels of ``side`` inches go in rows of as many as fit :data:`CONFUSION_WIDTH`; class names
@@ -313,7 +316,7 @@ def _confusion_layout(
         (left + (i % cols) * (side + gap), height - top - side - (i // cols) * row_step, side, side)
         for i in range(n_panels)
     ]
-    colorbar = (width - right + 0.2, height - top - side, 0.18, side)  # beside the first row
+    colorbar: Rect = (width - right + 0.2, height - top - side, 0.18, side)  # beside the first row
     return (width, height), rects, colorbar
 
 
