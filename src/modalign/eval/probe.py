@@ -176,7 +176,8 @@ def fit_logistic(
         history_size=10,  # as scikit-learn's L-BFGS-B (maxcor)
         line_search_fn="strong_wolfe",
     )
-    opt.step(closure)
+    with step_threads(threads_for_flops(2.0 * n * dim * k)):  # one thread for small fits
+        opt.step(closure)
     return LogisticModel(coef.detach(), intercept.detach())
 
 
