@@ -6,7 +6,8 @@ few hundred milliseconds of metrics, figures and HTML. This script writes two em
 only) and ``labelled.npz`` (also ``label``, ``label_names`` and ``classes`` prototypes: zero-shot
 and the cross-validated probes), then times the CLI in fresh processes, the source trees given by
 ``--tree`` alternated within every repeat (A, B, A, B, ...). One JSON line per tree and input:
-median and spread of the wall time; then the load average.
+median and spread of the wall time, median CPU time (user + system: steadier on a loaded
+machine), and the load average.
 
 Usage:
     python benchmarks/bench_eval_cli.py                                   # this tree
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -54,13 +56,17 @@ def write_inputs(folder: Path, rows: int, dim: int, classes: int = 10, seed: int
     )
 
 
-def time_cli(pythonpath: str, npz: Path, out: Path) -> float:
-    """Seconds of one ``python -m modalign eval --embeddings npz --out out`` in a fresh process."""
+def time_cli(pythonpath: str, npz: Path, out: Path) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one ``python -m modalign eval --embeddings npz
+    --out out`` in a fresh process. On a loaded machine the CPU time is the steadier figure."""
     env = {**os.environ, "PYTHONPATH": pythonpath}
     cmd = [sys.executable, "-m", "modalign", "eval", "--embeddings", str(npz), "--out", str(out)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -89,11 +95,12 @@ def main() -> None:
                 for name, pp in trees.items()
             }
             runners[next(iter(runners))]()  # warm the file cache once, untimed
-            for name, secs in alternate(runners, args.repeats).items():
-                s = summary(secs)
+            for name, runs in alternate(runners, args.repeats).items():
+                wall, cpu = summary([w for w, _ in runs]), summary([c for _, c in runs])
                 row = {"tree": name, "input": kind, "rows": args.rows, "dim": args.dim}
-                row.update(seconds_median=s["median"], seconds_spread=s["spread"])
-                print(json.dumps(rounded({**row, "seconds": secs, "load": load()})), flush=True)
+                row.update(seconds_median=wall["median"], seconds_spread=wall["spread"])
+                row.update(cpu_seconds_median=cpu["median"], seconds=[w for w, _ in runs])
+                print(json.dumps(rounded({**row, "load": load()})), flush=True)
 
 
 if __name__ == "__main__":
