@@ -28,6 +28,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,6 +194,9 @@ def knn_predict(
         x_train: (M, D) items. y_train: (M,) class indices in ``[0, n_classes)``.
         x: (N, D) queries. k: neighbours (at most M).
 
+    Returns:
+        int (N,) predicted class index of each query.
+
     Example:
         >>> knn_predict(np.eye(3), np.array([0, 1, 1]), np.array([[1.0, 0.1, 0.0]]), 1, 2).tolist()
         [0]
@@ -205,6 +209,13 @@ def knn_predict(
     return votes.argmax(axis=1)
 
 
+#: Out-of-fold predictor of each probe model: (x_train, y_train, x_test, k, n_classes) -> (N,).
+FOLD_PREDICTORS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, int, int], np.ndarray]] = {
+    "linear": lambda xs, ys, xt, k, c: fit_logistic(xs, ys).predict(xt),
+    "knn": lambda xs, ys, xt, k, c: knn_predict(xs, ys, xt, min(k, len(ys)), c),
+}
+
+
 def cross_val_predictions(
     x: np.ndarray, y: np.ndarray, model: str, folds: int = 5, k: int = 10, seed: int = 0
 ) -> np.ndarray:
@@ -213,7 +224,7 @@ def cross_val_predictions(
     The folds are stratified (:func:`stratified_folds`); ``folds`` is lowered to the size of the
     smallest class (at least 2). k-NN uses cosine similarity and a majority vote.
     """
-    if model not in ("linear", "knn"):
+    if model not in FOLD_PREDICTORS:
         raise ValueError(f"unknown probe model {model!r}; use 'linear' or 'knn'")
     y = np.asarray(y)
     classes, encoded = np.unique(y, return_inverse=True)
@@ -225,11 +236,8 @@ def cross_val_predictions(
     pred = np.empty_like(encoded)
     for fold in range(int(test_fold.max()) + 1):
         test = test_fold == fold
-        xs, ys = x[~test], encoded[~test]
-        if model == "linear":
-            pred[test] = fit_logistic(xs, ys).predict(x[test])
-        else:
-            pred[test] = knn_predict(xs, ys, x[test], min(k, len(ys)), len(classes))
+        predict = FOLD_PREDICTORS[model]
+        pred[test] = predict(x[~test], encoded[~test], x[test], k, len(classes))
     return classes[pred]
 
 

@@ -154,8 +154,15 @@ def similarity_section(ev: SplitEvaluation) -> Section:
         for kind, alpha, color in (("negative", 0.55, PALETTE[5]), ("positive", 0.65, PALETTE[2])):
             # one filled outline per histogram, not 80 bar patches: the same picture, drawn in a
             # fraction of the time (the bars were half of the report's drawing)
-            ax.hist(s[kind], edges, density=True, histtype="stepfilled", alpha=alpha, color=color,
-                    label=f"{kind}s")  # fmt: skip
+            ax.hist(
+                s[kind],
+                edges,
+                density=True,
+                histtype="stepfilled",
+                alpha=alpha,
+                color=color,
+                label=f"{kind}s",
+            )
         ax.set(title=pair.label, xlabel="cosine similarity", yticks=[])
         ax.legend(frameon=False)
     keys = [
