@@ -247,8 +247,9 @@ def _merge_sparse(
         hits: its ``(rows, groups)``. floor: (c,). best: running (c, keep) scores and indices.
     """
     rows, groups = hits  # (m,) each, sorted by row
-    (c, wp), (best_v, best_i) = (scores.shape[0], -(-w // GROUP) * GROUP), best
-    vals = scores[:, :wp].view(c, wp // GROUP, GROUP)[rows, groups]  # (m, G)
+    best_v, best_i = best
+    per_scores_row = scores.shape[1] // GROUP  # scores: contiguous (c, width), width = n G
+    vals = scores.view(-1, GROUP).index_select(0, rows * per_scores_row + groups)  # (m, G)
     at, col = torch.nonzero(torch.logical_not(vals <= floor[rows, None]), as_tuple=True)  # (e,)
     row, e = rows[at], at.numel()  # (e,) still sorted by row
     if e == 0:
