@@ -90,10 +90,16 @@ def merges(monkeypatch):
     return calls
 
 
-def search(monkeypatch, q, g, k, group, share, **kw):
+def search(monkeypatch, q, g, k, group, share, threads=1, **kw):
+    """top_k_tensor with the given GROUP and _DENSE_SHARE, ``threads`` intra-op threads."""
     monkeypatch.setattr(topk, "GROUP", group)
     monkeypatch.setattr(topk, "_DENSE_SHARE", share)
-    s, i = top_k_tensor(torch.from_numpy(q), torch.from_numpy(g), k, **kw)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # workers=1 takes the skip only with one intra-op thread
+    try:
+        s, i = top_k_tensor(torch.from_numpy(q), torch.from_numpy(g), k, **kw)
+    finally:
+        torch.set_num_threads(previous)
     return s.numpy(), i.numpy()
 
 
@@ -104,11 +110,11 @@ def test_threshold_skip_matches_the_reference(monkeypatch, merges, group, share,
     # k=150 > tile=96; the last tile (1000 - 960 = 40 columns) is not a whole number of groups.
     rng = np.random.default_rng(high * 1000 + k)
     q, g = integer_rows(rng, 70, 6, high), integer_rows(rng, 1000, 6, high)
-    s, i = search(monkeypatch, q, g, k, group, share, block=32, tile=96, workers=2)
+    s, i = search(monkeypatch, q, g, k, group, share, threads=2, block=32, tile=96, workers=2)
     rs, ri = reference(q, g, k)
     assert (i == ri).all()
     assert np.array_equal(s, rs.astype(np.float32))
-    assert merges or share > 0  # the sparse path ran where it was forced
+    assert merges or share > 0  # forced: the pool workers (one intra-op thread) took the skip
 
 
 @pytest.mark.parametrize(("group", "share"), SPARSE_SETTINGS)
@@ -153,3 +159,12 @@ def test_float64_inputs_stay_float64(monkeypatch, group, share):
     ri = np.stack([np.lexsort((np.arange(len(g)), -row))[:12] for row in full])
     assert (i == ri).all()
     np.testing.assert_allclose(s, np.take_along_axis(scores, ri, 1), rtol=0, atol=1e-12)
+
+
+def test_a_worker_with_several_intra_op_threads_merges_densely(monkeypatch, merges):
+    rng = np.random.default_rng(5)
+    q, g = integer_rows(rng, 40, 8, 30), integer_rows(rng, 20_000, 8, 30)
+    s, i = search(monkeypatch, q, g, 10, 8, 0, threads=2, workers=1)
+    rs, ri = reference(q, g, 10)
+    assert (i == ri).all() and np.array_equal(s, rs.astype(np.float32))
+    assert not merges

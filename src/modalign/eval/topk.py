@@ -71,9 +71,10 @@ _NO_INDEX = torch.iinfo(torch.int64).max  # sorts after every real index
 
 @dataclass
 class _Scratch:
-    """A worker's reused (block, tile) scores buffer."""
+    """A worker's reused (block, tile) scores buffer, and whether it takes the threshold skip."""
 
     scores: Tensor
+    skip: bool
 
 
 def default_workers() -> int:
@@ -129,8 +130,12 @@ def top_k_tensor(
 
     width = -(-tile // GROUP) * GROUP  # whole groups: the last tile is padded with -inf
 
-    def make_scratch() -> _Scratch:
-        return _Scratch(torch.empty(block, width, dtype=queries.dtype))
+    def make_scratch() -> _Scratch:  # called in the thread that will use it
+        # The threshold skip is a dozen small ops per tile: split over several OpenMP threads
+        # they wait on each other whenever one is descheduled (3x slower than the full topk
+        # at a load of 5 on 2 cores), so only a worker with one intra-op thread takes it.
+        skip = torch.get_num_threads() == 1
+        return _Scratch(torch.empty(block, width, dtype=queries.dtype), skip)
 
     _run_blocks(spans, workers, make_scratch, run)
     return out_v, out_i
@@ -182,8 +187,8 @@ def _block_top_k(
         w = min(tile, n - j0)
         s = torch.mm(q, g[j0 : j0 + w].T, out=scratch.scores[:c, :w])  # (c, w)
         floor = best_v.amin(dim=1)  # (c,) running keep-th score: nothing at or below it enters
-        hits = None if j0 == 0 else _groups_above(scratch.scores[:c], w, floor)
-        if hits is None:  # first tile, or too many groups beat the running keep-th score
+        hits = _groups_above(scratch.scores[:c], w, floor) if scratch.skip and j0 else None
+        if hits is None:  # first tile, no skip, or too many groups beat the running keep-th
             best_v, best_i = _merge_dense(s, j0, best_v, best_i)
         elif hits[0].numel():
             _merge_sparse(scratch.scores[:c], w, j0, hits, floor, (best_v, best_i))
