@@ -19,7 +19,9 @@ hubness) and the ``exact`` index backend both call :func:`top_k_tensor`.
   above the row's threshold, and one small ``topk`` over those scores and the running best. On
   100,000 random unit rows and top-10 a row meets about ``11 / j`` new candidates in tile ``j``,
   about 30 in all. A tile where the hit groups hold more than ``1 / _DENSE_SHARE`` of it (a
-  tile smaller than ``k + 1``, or a gallery sorted by score) takes the full ``topk`` instead.
+  tile smaller than ``k + 1``, or a gallery sorted by score) takes the full ``topk`` instead, and
+  so does every tile of a worker with several intra-op threads (``workers=1``, or 64 queries or
+  fewer), where the skip's small ops would wait on each other's threads.
 * *One intra-op thread per worker.* Query blocks go to ``workers`` Python threads, each running
   its matmuls and reductions with one intra-op thread: no barrier after every operation, so a core
   taken by another process slows one worker, not all (as in :mod:`modalign.losses.tiled`).
