@@ -120,3 +120,36 @@ def test_auto_start_keeps_random_heads_where_an_affine_start_cannot_be_set(tmp_p
         torch.testing.assert_close(
             trainer.model.heads[m].proj.weight, untouched.model.heads[m].proj.weight
         )
+
+
+def test_other_modalities_take_the_ridge_shrinkage_best_on_val() -> None:
+    from modalign.linalg import fit_ridge
+    from modalign.model.init import RIDGE_GRID, _anchor_target, _regress_others, _ValTargets
+
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((260, 8))
+    a = latent + 0.3 * rng.standard_normal((260, 8))
+    m = latent @ rng.standard_normal((8, 40)) + 2.0 * rng.standard_normal((260, 40))
+    train, val = slice(0, 200), slice(200, 260)
+    maps = {"a": (np.eye(8), np.zeros(8))}
+    feats = {"a": a[train], "m": m[train]}
+    have = {k: np.ones(200, bool) for k in feats}
+    vf = {"a": a[val], "m": m[val]}
+    vh = {k: np.ones(60, bool) for k in vf}
+    val_t = _ValTargets(vf, vh, _anchor_target(vf, vh, maps), np.arange(60))
+    got = _regress_others(["a", "m"], feats, have, maps, 1.0, val_t)["m"]
+
+    def recall(q: np.ndarray, g: np.ndarray) -> float:  # plain numpy: row i's match is row i
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+        return float((np.argmax(q @ g.T, 1) == np.arange(len(q))).mean())
+
+    scores = {}
+    for r in RIDGE_GRID:
+        w, b = fit_ridge(m[train], a[train], r)
+        e = m[val] @ w + b
+        scores[r] = (recall(e, a[val]) + recall(a[val], e)) / 2
+    best = max(RIDGE_GRID, key=lambda r: scores[r])  # first of equals, as max() keeps it
+    want = fit_ridge(m[train], a[train], best)
+    np.testing.assert_allclose(got[0], want[0])
+    assert len(set(scores.values())) > 1  # the grid matters on this data

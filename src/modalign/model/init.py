@@ -12,7 +12,9 @@ also scores the initial weights) keeps whichever is best on the val split.
   ``embed_dim`` canonical directions weighted by their correlations (Hotelling, 1936; ridge
   CCA, Vinod, 1976). This is exactly the ``cca`` baseline's map (``modalign.linalg.fit_cca_affine``).
 * Every other modality is mapped into that space by ridge regression of its features onto the
-  mean anchor embedding of the same items (train rows where both are present).
+  mean anchor embedding of the same items (train rows where both are present), with the
+  shrinkage of ``RIDGE_GRID`` that retrieves best on val (``init_reg`` without val rows).
+  A modality that shares another's head (``model.heads.<m>.share``) takes that head's map.
 
 Heads are set to the affine map ``x -> x @ W + b`` (``b = -mean @ W``) on their normalised
 input: a linear head needs ``head.bias: true``; an MLP head puts ``W`` in its linear shortcut
@@ -147,7 +149,8 @@ def _set_from_cca(
     fitted = fit_cca_affine(feats[a][both], feats[b][both], model.embed_dim, pca_dim, reg)
     maps = {m: _rescale(feats[m][have[m]], *fit) for m, fit in zip((a, b), fitted, strict=True)}
     owners = [m for m in model.modalities if model.head_owner(m) == m]  # sharers take theirs
-    maps.update(_regress_others(owners, feats, have, maps, reg))
+    val = _val_targets(model, data, maps)
+    maps.update(_regress_others(owners, feats, have, maps, reg, val))
     with torch.no_grad():
         for m, (w, bias) in maps.items():
             set_head_affine(model.heads[m], w, bias)
@@ -233,34 +236,95 @@ HEAD_INITS.register("cca")(HeadInit(init_heads_cca))
 HEAD_INITS.register("auto")(HeadInit(init_heads_auto))
 
 
+#: Ridge shrinkages searched on val for the maps of the modalities outside the anchor pair.
+RIDGE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+@dataclass(frozen=True)
+class _ValTargets:
+    """Val rows' head inputs, which are present, the anchor target of each row, and groups."""
+
+    feats: dict[str, np.ndarray]
+    have: dict[str, np.ndarray]
+    target: np.ndarray  # (N, dim), NaN where no anchor modality is present
+    groups: np.ndarray
+
+
+def _anchor_target(
+    feats: dict[str, np.ndarray], have: dict[str, np.ndarray], anchor_maps: dict[str, Affine]
+) -> np.ndarray:
+    """The mean anchor embedding of each row (N, dim); NaN rows where neither anchor is present."""
+    count = sum(have[m].astype(float) for m in anchor_maps)  # (N,) anchor modalities present
+    total = sum(
+        np.nan_to_num(feats[m] @ w + bias) * have[m][:, None]
+        for m, (w, bias) in anchor_maps.items()
+    )
+    target = total / np.maximum(count, 1)[:, None]
+    target[count == 0] = np.nan
+    return target
+
+
+def _val_targets(
+    model: Aligner, data: PairedData, anchor_maps: dict[str, Affine]
+) -> _ValTargets | None:
+    rows = data.rows("val")
+    if len(rows) == 0:
+        return None
+    feats = head_inputs(model, data, rows)
+    have = {m: ~np.isnan(x).any(1) for m, x in feats.items()}
+    if not all(m in feats for m in anchor_maps):
+        return None
+    groups = data.manifest.groups[rows] if data.manifest.groups is not None else rows
+    return _ValTargets(feats, have, _anchor_target(feats, have, anchor_maps), np.asarray(groups))
+
+
+def _ridge_score(fit: Affine, m: str, val: _ValTargets) -> float:
+    """Mean val recall@1 of ``m``'s ridge embedding and the anchor target, both directions."""
+    from modalign.eval.retrieval import retrieval_metrics
+
+    ok = val.have[m] & ~np.isnan(val.target[:, 0])
+    q = val.feats[m][ok] @ fit[0] + fit[1]
+    g = val.target[ok]
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    groups = val.groups[ok]
+    return float(np.mean([
+        retrieval_metrics(a.astype(np.float32), b.astype(np.float32), groups, groups, ks=(1,))["recall@1"]
+        for a, b in ((q, g), (g, q))
+    ]))  # fmt: skip
+
+
 def _regress_others(
     modalities: list[str],
     feats: dict[str, np.ndarray],
     have: dict[str, np.ndarray],
     anchor_maps: dict[str, Affine],
     reg: float,
+    val: _ValTargets | None = None,
 ) -> dict[str, Affine]:
-    """Ridge maps of every non-anchor modality onto the mean anchor embedding of its items."""
-    a, b = anchor_maps
-    count = have[a].astype(float) + have[b]  # (N,) anchor modalities present
-    total = sum(
-        np.nan_to_num(feats[m] @ w + bias) * have[m][:, None]
-        for m, (w, bias) in anchor_maps.items()
-    )
-    target = total / np.maximum(count, 1)[:, None]  # (N, dim): the shared target of an item
+    """Ridge maps of every non-anchor modality onto the mean anchor embedding of its items.
+
+    The shrinkage is ``reg``, or, where ``val`` has at least 8 rows of the modality and an anchor,
+    the one of ``RIDGE_GRID`` with the best val recall@1 (as the baselines tune theirs).
+    """
+    target = _anchor_target(feats, have, anchor_maps)
     out = {}
     for m in modalities:
         if m in anchor_maps:
             continue
-        ok = have[m] & (count > 0)
+        ok = have[m] & ~np.isnan(target[:, 0])
         if ok.sum() < 4:
             log.warning(
-                "model.head.init: %s shares %d train rows with %s/%s; left random",
-                m,
-                ok.sum(),
-                a,
-                b,
-            )
+                "model.head.init: %s shares %d train rows with %s; left random",
+                m, ok.sum(), "/".join(anchor_maps),
+            )  # fmt: skip
             continue
-        out[m] = fit_ridge(feats[m][ok], target[ok], reg)
+        tunable = val is not None and m in val.have
+        if tunable and (val.have[m] & ~np.isnan(val.target[:, 0])).sum() >= 8:  # type: ignore[union-attr]
+            fits = {r: fit_ridge(feats[m][ok], target[ok], r) for r in RIDGE_GRID}
+            reg_m = max(fits, key=lambda r: _ridge_score(fits[r], m, val))  # type: ignore[arg-type]
+            log.info("model.head.init: %s ridge shrinkage %g (chosen on val)", m, reg_m)
+            out[m] = fits[reg_m]
+        else:
+            out[m] = fit_ridge(feats[m][ok], target[ok], reg)
     return out
