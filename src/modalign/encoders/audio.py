@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -527,20 +527,20 @@ class _Relayout(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, x: torch.Tensor, layout: torch.memory_format, grad_layout: torch.memory_format
     ) -> torch.Tensor:
         ctx.grad_layout = grad_layout
         return x.contiguous(memory_format=layout)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         return grad.contiguous(memory_format=ctx.grad_layout), None, None
 
 
 def _to_layout(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
     back = torch.contiguous_format if layout == torch.channels_last else torch.channels_last
-    return _Relayout.apply(x, layout, back)  # type: ignore[no-any-return]
+    return _Relayout.apply(x, layout, back)
 
 
 def conv_blocks_channels_last(
@@ -570,7 +570,8 @@ def conv_blocks_channels_last(
     rows = torch.arange(len(valid), device=x.device)
     keep = mask[:, 0] > 0  # (B, T)
     x = _to_layout(x.unsqueeze(2), torch.channels_last)  # (B, C, 1, T)
-    for conv, norm, act in blocks:
+    for block in blocks:
+        conv, norm, act = cast("tuple[nn.Conv1d, nn.Module, nn.Module]", tuple(block.children()))
         y = F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, 1))  # (B, C', 1, T)
         y = act(norm(_to_layout(y, torch.contiguous_format).squeeze(2)))  # (B, C', T)
         odd = ((valid % 2 == 1) & (valid < y.shape[-1])).nonzero().squeeze(1)  # (K,)
