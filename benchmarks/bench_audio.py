@@ -15,8 +15,11 @@ decode / cached (what the frame cache alone gives for the current network), each
 per-repeat ratios. The one-off fill of the frame cache is timed separately. ``--channels``
 changes the network's widths (all methods) to see what a cheaper network would reach.
 
-Prints JSON lines: one per epoch, then a summary with ``decode_ref_s``, ``decode_s``,
-``cached_s``, the ratios, their spread, ``fill_s`` and ``load_avg``.
+Prints JSON lines: one per epoch (wall and process CPU seconds), then a summary with
+``decode_ref_s``, ``decode_s``, ``cached_s``, the ratios, their spread, ``fill_s`` and
+``load_avg``; with ``--threads 1`` also the same figures in CPU time (``cpu_...``), which the
+load of a shared machine changes far less than wall time (with two threads, a busy core stalls
+every operation's barrier and an epoch's wall time can triple).
 
 Usage:
     python benchmarks/bench_audio.py                      # 6,000 clips, 2 epochs each
@@ -129,18 +132,21 @@ def main() -> None:
     )
     fill_s = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in trainers}
+    cpu: dict[str, list[float]] = {name: [] for name in trainers}
     for repeat in range(args.repeats):
         for name, trainer in trainers.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             trainer._train_epoch()  # type: ignore[attr-defined]
             times[name].append(time.perf_counter() - start)
-            print(
-                json.dumps(
-                    {"method": name, "repeat": repeat, "epoch_s": round(times[name][-1], 2)}
-                ),
-                flush=True,
-            )
-    print(json.dumps(summary(times, args, fill_s)))
+            cpu[name].append(time.process_time() - start_cpu)
+            row = {"method": name, "repeat": repeat, "epoch_s": round(times[name][-1], 2)}
+            print(json.dumps(row | {"cpu_s": round(cpu[name][-1], 2)}), flush=True)
+    out = summary(times, args, fill_s)
+    if args.threads == 1:  # one thread: the process's CPU time is the work, whatever the load
+        cpu_out = summary(cpu, args, fill_s)
+        kept = [f"{name}_s" for name in cpu] + ["ratio", "ratio_same_net"]
+        out |= {f"cpu_{k}": v for k, v in cpu_out.items() if k.startswith(tuple(kept))}
+    print(json.dumps(out))
 
 
 def summary(times: dict[str, list[float]], args: argparse.Namespace, fill_s: float) -> dict:
