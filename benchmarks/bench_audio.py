@@ -1,16 +1,30 @@
 """One training epoch of ``audio_conv``: decoding every clip (frame cache off) against the frame cache.
 
 Generates ``--clips`` noisy tones of 1-3 s as 44.1 kHz OGG Vorbis files (once, into
-``--folder``), pairs each with a 32-d text feature row, and builds two ``Trainer`` objects that
-differ only in ``data.frame_cache`` (null: decode and resample every file every epoch, as before;
-a folder: read cached log-mel frames). Their epochs run alternated (A, B, A, B, ...) and the
-median ratio is reported. The one-off fill of the frame cache is timed separately.
+``--folder``), pairs each with a 32-d text feature row, and builds ``Trainer`` objects that
+differ only in ``data.frame_cache`` (null: decode and resample every file every epoch; a folder:
+read cached log-mel frames) and in the encoder's ``fast`` option (False: the plain reference
+blocks). Three methods run alternated (A, B, C, A, B, C, ...):
 
-Prints JSON lines: one per epoch, then ``{"decode_s", "cached_s", "ratio", "fill_s", "load_avg"}``.
+* ``decode_ref``: decoding, reference blocks: the code before the frame cache and the fast blocks;
+* ``decode``: decoding, fast blocks (the same network as ``cached``);
+* ``cached``: frame cache, fast blocks (the default now).
+
+``ratio`` is decode_ref / cached (the speed-up over the code before both), ``ratio_same_net``
+decode / cached (what the frame cache alone gives for the current network), each the median of
+per-repeat ratios. The one-off fill of the frame cache is timed separately. ``--channels``
+changes the network's widths (all methods) to see what a cheaper network would reach.
+
+Prints JSON lines: one per epoch (wall and process CPU seconds), then a summary with
+``decode_ref_s``, ``decode_s``, ``cached_s``, the ratios, their spread, ``fill_s`` and
+``load_avg``; with ``--threads 1`` also the same figures in CPU time (``cpu_...``), which the
+load of a shared machine changes far less than wall time (with two threads, a busy core stalls
+every operation's barrier and an epoch's wall time can triple).
 
 Usage:
     python benchmarks/bench_audio.py                      # 6,000 clips, 2 epochs each
     python benchmarks/bench_audio.py --clips 300 --repeats 1   # a quick look
+    python benchmarks/bench_audio.py --clips 1500 --channels 32,64,64,128
 """
 
 from __future__ import annotations
@@ -51,7 +65,9 @@ def write_clips(folder: Path, n: int, seed: int = 0) -> Path:
     return manifest
 
 
-def make_trainer(manifest: Path, frame_cache: str, run_dir: Path, workers: int) -> object:
+def make_trainer(
+    manifest: Path, frame_cache: str, run_dir: Path, workers: int, fast: bool, channels: str | None
+) -> object:
     from modalign.config import load_config
     from modalign.train.loop import Trainer
 
@@ -64,6 +80,8 @@ def make_trainer(manifest: Path, frame_cache: str, run_dir: Path, workers: int) 
             "data.split_fractions={train: 1.0}",
             f"data.frame_cache={frame_cache}",
             "model.encoders.sound.name=audio_conv",
+            f"model.encoders.sound.options.fast={str(fast).lower()}",
+            *([f"model.encoders.sound.options.channels=[{channels}]"] if channels else []),
             "model.embed_dim=64",
             "train.batch_size=128",
             f"train.num_workers={workers}",
@@ -89,6 +107,7 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
+    p.add_argument("--channels", default=None, help="conv widths, e.g. 32,64,64,128")
     p.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "modalign-bench-audio"))
     args = p.parse_args()
     if args.threads:
@@ -99,38 +118,54 @@ def main() -> None:
     manifest = write_clips(folder, args.clips)
     runs = Path(tempfile.mkdtemp(prefix="bench-audio-runs-"))
     frames = runs / "frames"  # a fresh cache: its fill is timed, not assumed
-    decode = make_trainer(manifest, "null", runs / "decode", args.workers)
+    trainers = {
+        "decode_ref": make_trainer(
+            manifest, "null", runs / "decode_ref", args.workers, False, args.channels
+        ),
+        "decode": make_trainer(
+            manifest, "null", runs / "decode", args.workers, True, args.channels
+        ),
+    }
     start = time.perf_counter()
-    cached = make_trainer(manifest, str(frames), runs / "cached", args.workers)
+    trainers["cached"] = make_trainer(
+        manifest, str(frames), runs / "cached", args.workers, True, args.channels
+    )
     fill_s = time.perf_counter() - start
-    times: dict[str, list[float]] = {"decode": [], "cached": []}
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    cpu: dict[str, list[float]] = {name: [] for name in trainers}
     for repeat in range(args.repeats):
-        for name, trainer in (("decode", decode), ("cached", cached)):
-            start = time.perf_counter()
+        for name, trainer in trainers.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
             trainer._train_epoch()  # type: ignore[attr-defined]
             times[name].append(time.perf_counter() - start)
-            print(
-                json.dumps(
-                    {"method": name, "repeat": repeat, "epoch_s": round(times[name][-1], 2)}
-                ),
-                flush=True,
-            )
-    ratios = [d / c for d, c in zip(times["decode"], times["cached"], strict=True)]
-    print(
-        json.dumps(
-            {
-                "clips": args.clips,
-                "decode_s": round(statistics.median(times["decode"]), 2),
-                "cached_s": round(statistics.median(times["cached"]), 2),
-                "ratio": round(statistics.median(ratios), 2),
-                "ratio_spread": [round(min(ratios), 2), round(max(ratios), 2)],
-                "fill_s": round(fill_s, 1),
-                "workers": args.workers,
-                "threads": _threads(),
-                "load_avg": [round(x, 2) for x in os.getloadavg()],
-            }
-        )
+            cpu[name].append(time.process_time() - start_cpu)
+            row = {"method": name, "repeat": repeat, "epoch_s": round(times[name][-1], 2)}
+            print(json.dumps(row | {"cpu_s": round(cpu[name][-1], 2)}), flush=True)
+    out = summary(times, args, fill_s)
+    if args.threads == 1:  # one thread: the process's CPU time is the work, whatever the load
+        cpu_out = summary(cpu, args, fill_s)
+        kept = [f"{name}_s" for name in cpu] + ["ratio", "ratio_same_net"]
+        out |= {f"cpu_{k}": v for k, v in cpu_out.items() if k.startswith(tuple(kept))}
+    print(json.dumps(out))
+
+
+def summary(times: dict[str, list[float]], args: argparse.Namespace, fill_s: float) -> dict:
+    """Median seconds per method, median per-repeat ratios against ``cached`` and their spread."""
+    out: dict[str, object] = {"clips": args.clips}
+    for name, values in times.items():
+        out[f"{name}_s"] = round(statistics.median(values), 2)
+    for key, name in (("ratio", "decode_ref"), ("ratio_same_net", "decode")):
+        ratios = [d / c for d, c in zip(times[name], times["cached"], strict=True)]
+        out[key] = round(statistics.median(ratios), 2)
+        out[f"{key}_spread"] = [round(min(ratios), 2), round(max(ratios), 2)]
+    out.update(
+        fill_s=round(fill_s, 1),
+        workers=args.workers,
+        threads=_threads(),
+        channels=args.channels or "default",
+        load_avg=[round(x, 2) for x in os.getloadavg()],
     )
+    return out
 
 
 if __name__ == "__main__":

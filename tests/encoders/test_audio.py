@@ -12,6 +12,8 @@ from modalign.encoders.audio import (
     ConvAudioEncoder,
     LogMelSpectrogram,
     LogMelStatsEncoder,
+    conv_blocks_channels_last,
+    conv_blocks_reference,
     hz_to_mel,
     load_audio,
     mel_filterbank,
@@ -135,3 +137,61 @@ def test_logmel_stats_on_generated_and_real_clips(tmp_path: Path) -> None:
     feats = enc(enc.collate(clips))
     assert feats.shape == (len(clips), 128) and torch.isfinite(feats).all()
     torch.testing.assert_close(enc(enc.collate(clips[:1]))[0], feats[0], atol=1e-4, rtol=1e-4)
+
+
+def frames_batch(lengths: list[int], n_mels: int = 24) -> dict[str, torch.Tensor]:
+    """A padded log-mel batch as the frame cache gives it: clips of odd and even lengths."""
+    gen = torch.Generator().manual_seed(1)
+    enc = ConvAudioEncoder("sound", n_mels=n_mels, channels=(4,), output_dim=2)
+    return enc.collate([torch.randn(n_mels, n, generator=gen) for n in lengths])
+
+
+def twin_encoders(**options: object) -> tuple[ConvAudioEncoder, ConvAudioEncoder]:
+    """The fast and the reference blocks with the same weights."""
+    pair = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        pair.append(
+            ConvAudioEncoder("sound", n_mels=24, channels=(12, 12, 16), fast=fast, **options)  # type: ignore[arg-type]
+        )
+    return pair[0], pair[1]
+
+
+@pytest.mark.parametrize("lengths", [[37, 20, 1, 36, 9, 2], [16, 16], [33]])
+def test_channels_last_blocks_match_the_reference_in_training(lengths: list[int]) -> None:
+    fast, plain = twin_encoders(dropout=0.0)
+    batch = frames_batch(lengths)
+    out_fast, out_plain = fast(batch), plain(batch)
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-5)
+    (out_fast**2).sum().backward()
+    (out_plain**2).sum().backward()
+    largest = max(float(p.grad.abs().max()) for p in plain.parameters() if p.grad is not None)
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        # a convolution's bias before batch norm has a zero gradient up to rounding: compare it
+        # against the largest gradient; every other one against its own scale
+        before_norm = name.startswith("blocks.") and name.endswith(".0.bias")
+        scale = largest if before_norm else float(b.grad.abs().max())
+        assert float((a.grad - b.grad).abs().max()) <= 1e-4 * scale, name
+    for a, b in zip(fast.buffers(), plain.buffers(), strict=True):  # batch-norm running stats
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    fast.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(batch), plain(batch), rtol=1e-5, atol=1e-5)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_channels_last_pooling_gives_a_tie_to_the_first_frame() -> None:
+    # all-zero inputs make every window of every block a tie; max-pooling sends the gradient to
+    # the first frame, which a symmetric max (half to each) would not: the input gradient differs
+    fast, plain = twin_encoders()
+    grads = []
+    for enc, blocks in ((fast, conv_blocks_channels_last), (plain, conv_blocks_reference)):
+        x = torch.zeros(2, 24, 11, requires_grad=True)
+        mask = (torch.arange(11) < torch.tensor([[11], [6]])).float()[:, None]  # (2, 1, 11)
+        out, _ = blocks(enc.blocks, x * mask, mask)
+        (out * torch.arange(1.0, out.shape[-1] + 1)).sum().backward()
+        assert x.grad is not None
+        grads.append(x.grad)
+    assert float(grads[1].abs().max()) > 1e-3  # the check below can fail
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
