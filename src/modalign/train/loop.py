@@ -174,6 +174,9 @@ class Trainer:
             anchor = self.objective.anchor_pair()
             self.head_init.fit(self.model, self.parts.data, anchor, cfg.model.head)
         self.sampler, self.loader = make_loader(self.parts.data, cfg.train)
+        # what every step clips and averages, listed once (a walk over the modules each step
+        # costs as much as the optimiser's bookkeeping at small batches)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         steps_per_epoch = max(1, len(self.sampler) // cfg.train.accumulate)
         self.optimizer = make_optimizer(self.model, cfg.train)
         self.schedule = make_schedule(self.optimizer, cfg.train, steps_per_epoch * cfg.train.epochs)
@@ -319,7 +322,8 @@ class Trainer:
             if (i + 1) % cfg.train.accumulate and i + 1 < len(self.sampler):
                 continue  # accumulate; the last batches of an epoch step even if fewer
             grad_norm = self._optimizer_step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if not bar.disable:  # no terminal (a job's log): nothing to format
+                bar.set_postfix(loss=f"{loss.item():.4f}")
             if self.state.step % cfg.train.log_every == 0:
                 self._log_step(loss, losses, grad_norm)
 
@@ -359,10 +363,10 @@ class Trainer:
         self.logger.log(self.state.step, record)
 
     def _optimizer_step(self) -> float:
-        distributed.average_gradients([p for p in self.model.parameters() if p.requires_grad])
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        distributed.average_gradients(self.trainable)
         clip = self.cfg.train.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+        # parameters without a gradient (a modality absent from the batch) are skipped inside
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip if clip else float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
