@@ -376,11 +376,10 @@ def _pair_ranks(
         thr_a = torch.full((c,), math.inf)
         thr_a[r] = pos
         s, mask = scores.numpy(), work.mask[:c].numpy()
-        rank_a[r0 : r0 + c] += np.count_nonzero(
-            np.greater_equal(s, thr_a.numpy()[:, None], out=mask), axis=1
-        )
+        # counting by adding the mask's bytes into int32 is 2-3x faster than count_nonzero
+        np.greater_equal(s, thr_a.numpy()[:, None], out=mask)
+        rank_a[r0 : r0 + c] += np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int32)
         np.greater_equal(s, thr_b.numpy()[None, :], out=mask)
-        # down the columns, adding rows of bytes into int32 is 2-3x faster than count_nonzero
         higher_b += np.add.reduce(mask.view(np.uint8), axis=0, dtype=np.int32)
     return rank_a, higher_b + 1
 

@@ -318,14 +318,17 @@ class Trainer:
             if not plan:
                 continue
             losses = self._forward_backward(chunks, batch, plan)
-            loss = distributed.all_reduce_mean(torch.stack(list(losses.values())).mean())
             if (i + 1) % cfg.train.accumulate and i + 1 < len(self.sampler):
                 continue  # accumulate; the last batches of an epoch step even if fewer
             grad_norm = self._optimizer_step()
-            if not bar.disable:  # no terminal (a job's log): nothing to format
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if self.state.step % cfg.train.log_every == 0:
-                self._log_step(loss, losses, grad_norm)
+            logged = self.state.step % cfg.train.log_every == 0
+            # the mean loss only feeds the bar and the log (every process joins the mean)
+            if logged or not bar.disable or distributed.is_distributed():
+                loss = distributed.all_reduce_mean(torch.stack(list(losses.values())).mean())
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                if logged:
+                    self._log_step(loss, losses, grad_norm)
 
     def _forward_backward(self, chunks: list[Batch], batch: Batch, plan: Any) -> dict[str, Tensor]:
         """Losses of one batch, gradients accumulated; gradient-cached when it came in chunks."""
