@@ -174,8 +174,8 @@ class Trainer:
             anchor = self.objective.anchor_pair()
             self.head_init.fit(self.model, self.parts.data, anchor, cfg.model.head)
         self.sampler, self.loader = make_loader(self.parts.data, cfg.train)
-        # what every step clips and averages, listed once (a walk over the modules each step
-        # costs as much as the optimiser's bookkeeping at small batches)
+        # what every step clips and averages, listed once (two walks over the modules per step
+        # showed up in profiles of small batches)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         steps_per_epoch = max(1, len(self.sampler) // cfg.train.accumulate)
         self.optimizer = make_optimizer(self.model, cfg.train)
