@@ -15,13 +15,18 @@ intra-op threads modalign chose automatically in the run just before it (so the 
 the loop, not the thread choice). One JSON line per config::
 
     {"config", "modalign_samples_per_s", "plain_samples_per_s", "ratio", "ratio_spread",
-     "modalign_steps_samples_per_s", "ratio_steps", "ratio_steps_spread", "threads",
-     "repeats", "gemm_gflops", "load"}
+     "modalign_steps_samples_per_s", "ratio_steps", "ratio_steps_spread",
+     "modalign_end_epoch_share", "threads", "repeats", "gemm_gflops", "load"}
 
 ``ratio`` is the median over repeats of modalign / plain samples per second (whole epochs for
-modalign: its validation and checkpoints count against it); ``ratio_steps`` the same with only
-modalign's training steps timed (what the plain loop does). ``gemm_gflops`` is the 4096^2 fp32
-GEMM rate before and after the runs; ``load`` the load average at the end.
+modalign: its validation and checkpoints count against it, while the plain loop validates
+nothing and writes nothing); ``ratio_steps`` the same with only modalign's training steps timed
+(what the plain loop does); ``modalign_end_epoch_share`` the median share of modalign's epochs
+spent after the steps (validation of the val split, ``best.pt``/``last.pt``, the epoch's log).
+The plain loop starts from PyTorch's random heads, modalign from its fitted start (the config's
+``model.head.init``, fitted before any timing); a step costs the same from either.
+``gemm_gflops`` is the 4096^2 fp32 GEMM rate before and after the runs; ``load`` the load
+average at the end.
 
 Usage:
     python benchmarks/bench_train.py                       # small and large, 3 repeats
@@ -122,6 +127,8 @@ def run_modalign(cfg: Any) -> dict[str, Any]:
     return {
         "samples_per_s": per_s,
         "steps_samples_per_s": steps_per_s,
+        # share of epochs 2..n spent after the steps: validation, checkpoints, the epoch's log
+        "end_epoch_share": 1 - sum(steps_s[1:]) / (ends[-1] - ends[0]),
         "threads": threads[-1],
         "dynamo_imported": "torch._dynamo" in sys.modules,
     }
@@ -233,6 +240,7 @@ def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "ratio_spread": ratio["spread"],
         "modalign_steps_samples_per_s": statistics.median(m_steps),
         "ratio_steps": ratio_steps["median"], "ratio_steps_spread": ratio_steps["spread"],
+        "modalign_end_epoch_share": statistics.median(r["end_epoch_share"] for r in runs["modalign"]),
         "threads": chosen, "omp_num_threads": env_threads,
         "repeats": args.repeats, "plain_loss": args.plain_loss,
         "gemm_gflops": [gemm_before, gemm_after], "load": load(),

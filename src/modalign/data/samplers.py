@@ -68,7 +68,10 @@ class UniqueGroupBatches(EpochBatches):
     ) -> None:
         super().__init__(rows, batch_size, seed, shuffle, rank, world_size)
         self.groups, self.negatives = groups, dict(negatives or {})
-        self.size = min(batch_size, len(np.unique(groups[rows]))) if len(rows) else batch_size
+        n_groups = len(np.unique(groups[rows]))
+        self.size = min(batch_size, n_groups) if len(rows) else batch_size
+        # every row its own group and no negatives: no row ever waits, batches are plain slices
+        self._slices = n_groups == len(rows) and not self.negatives
         self._cache: tuple[int, list[list[int]]] | None = None
 
     def global_batches(self) -> list[list[int]]:
@@ -78,8 +81,13 @@ class UniqueGroupBatches(EpochBatches):
         order = self.rows
         if self.shuffle:
             order = order[np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
-        pending = deque(int(r) for r in order)
         batches: list[list[int]] = []
+        if self._slices:  # what the loop below yields then, without a Python step per row
+            stops = range(self.size, len(order) + 1, self.size)
+            batches = [order[stop - self.size : stop].tolist() for stop in stops]
+            self._cache = (self.epoch, batches)
+            return batches
+        pending = deque(int(r) for r in order)
         while pending:
             batch, crowded = self._fill(pending)
             if len(batch) < self.size and not crowded and batches:

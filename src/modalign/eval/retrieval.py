@@ -11,6 +11,16 @@ one contiguous range), the positives are then overwritten with ``-inf``, and the
 metric below is exact; peak memory is O(chunk * N) for the scores plus O(Q * len(ks)) for the
 per-query results.
 
+**Both directions from one matrix.** ``a -> b`` and ``b -> a`` rank the same scores: the
+scores of ``b -> a`` are the transpose of those of ``a -> b``. When every group has at most one
+row in each modality (the common one-caption-per-image case), :func:`evaluate_retrieval_per_query`
+computes each (chunk of ``a``, all of ``b``) block once and counts both directions in it: a row's
+negatives along the block's rows, a column's negatives down its columns (the column's positive
+score is found first, from the thin band of ``a @ b.T`` that holds the positive pairs). That is one
+matmul instead of two, with the same scores, so the same ranks and metrics as ranking each
+direction on its own (a test checks this; if the band's scores ever differed from the blocks',
+each direction is ranked on its own instead).
+
 **Ties.** A negative that scores exactly the same as a positive is ranked *before* it
 (pessimistic tie-breaking: a collapsed space, where everything scores the same, gets recall 0,
 never a perfect score), and tied positives are ranked in a fixed order, so the ``i``-th positive
@@ -181,10 +191,8 @@ def retrieval_per_query(
     if (count == 0).any():
         bad = int(np.flatnonzero(count == 0)[0])
         raise ValueError(f"query {bad} (group {qg[bad]}) has no positive in the gallery")
-    ks = tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
-    chunk = chunk_size or max(1, min(4096, (1 << 25) // max(1, g.shape[0])))
+    ks = _check_ks(ks)
+    chunk = _default_chunk(chunk_size, g.shape[0])
     # One scores buffer and one comparison mask, reused by every chunk: fresh (chunk, N) tensors
     # per chunk cost as much system time (page faults) as the matmuls themselves at N = 200,000.
     work = _Workspace(min(chunk, q.shape[0]), g.shape[0])
@@ -199,6 +207,18 @@ def retrieval_per_query(
         for i in range(0, q.shape[0], chunk)
     ]
     return _per_query_from_chunks(parts, count, ks, g.shape[0])
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(int(k) for k in ks)
+    if not out or min(out) < 1:
+        raise ValueError(f"ks must be positive integers, got {out}")
+    return out
+
+
+def _default_chunk(chunk_size: int | None, n_gallery: int) -> int:
+    """Queries per chunk: ``chunk_size``, else a chunk's scores stay near 128 MiB."""
+    return chunk_size or max(1, min(4096, (1 << 25) // max(1, n_gallery)))
 
 
 def _as_tensor(x: np.ndarray | Tensor, name: str) -> Tensor:
@@ -291,6 +311,146 @@ def _chunk_stats(
     gain = np.where(valid, 1.0 / np.log2(ranks + 1.0), 0.0)
     ndcg = np.stack([_ndcg(gain, ranks, count, k) for k in ks], axis=1)
     return ranks[:, 0].copy(), ap, hits, ndcg
+
+
+def _match(sa: np.ndarray, sb: np.ndarray) -> np.ndarray:
+    """Index in ``sb`` of each group of ``sa`` (both sorted, unique; int64), -1 where absent.
+
+    Example:
+        >>> _match(np.array([1, 2, 5]), np.array([0, 2, 5])).tolist()
+        [-1, 1, 2]
+    """
+    at = np.minimum(np.searchsorted(sb, sa), len(sb) - 1)
+    return np.where(sb[at] == sa, at, -1).astype(np.int64)
+
+
+def _positive_scores(a: Tensor, b: Tensor, pos_a: np.ndarray, tile: int) -> Tensor:
+    """(Nb,) score of each ``b`` row with its positive ``a`` row (+inf where it has none).
+
+    Rows and columns are sorted by group, so the positive pairs of a tile of ``a`` rows lie in
+    one narrow range of ``b`` columns: only that band of ``a @ b.T`` is multiplied.
+    """
+    out = torch.full((b.shape[0],), math.inf)
+    for t0 in range(0, a.shape[0], tile):
+        cols = pos_a[t0 : t0 + tile]
+        rows = np.flatnonzero(cols >= 0)
+        if len(rows) == 0:
+            continue
+        lo, hi = int(cols[rows].min()), int(cols[rows].max()) + 1
+        band = torch.mm(a[t0 : t0 + tile], b[lo:hi].T)  # (tile, hi - lo)
+        idx = torch.from_numpy(cols[rows])
+        out[idx] = band[torch.from_numpy(rows), idx - lo]
+    return out
+
+
+@torch.no_grad()
+def _pair_ranks(
+    a: Tensor, b: Tensor, pos_a: np.ndarray, chunk: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """1-based rank of every row's positive, both ways, from one pass over ``a @ b.T``.
+
+    Args:
+        a: (Na, D), b: (Nb, D) rows sorted by group, at most one row per group in each.
+        pos_a: (Na,) int64 row of ``b`` in the group of each ``a`` row, -1 if none.
+        chunk: rows of ``a`` per block.
+
+    Returns:
+        ranks (Na,) of ``a`` rows among ``b`` and (Nb,) of ``b`` rows among ``a`` (rows without a
+        positive get 1 and must be dropped), or None when a block's score of a positive pair
+        differs from the band's (the caller then ranks each direction on its own).
+    """
+    thr_b = _positive_scores(a, b, pos_a, tile=256)  # (Nb,)
+    rank_a = np.ones(a.shape[0], dtype=np.int64)
+    higher_b = np.zeros(b.shape[0], dtype=np.int64)
+    work = _Workspace(min(chunk, a.shape[0]), b.shape[0])
+    for r0 in range(0, a.shape[0], chunk):
+        scores = work.scores[: min(chunk, a.shape[0] - r0)]
+        torch.mm(a[r0 : r0 + chunk], b.T, out=scores)  # (c, Nb)
+        c = scores.shape[0]
+        rows = np.flatnonzero(pos_a[r0 : r0 + c] >= 0)
+        r, k = torch.from_numpy(rows), torch.from_numpy(pos_a[r0 : r0 + c][rows])
+        pos = scores[r, k]  # (m,) positive pairs of this block
+        if not torch.equal(pos, thr_b[k]):
+            return None
+        scores[r, k] = -math.inf  # only negatives remain, for both directions
+        thr_a = torch.full((c,), math.inf)
+        thr_a[r] = pos
+        s, mask = scores.numpy(), work.mask[:c].numpy()
+        # counting by adding the mask's bytes into int32 is 2-3x faster than count_nonzero
+        np.greater_equal(s, thr_a.numpy()[:, None], out=mask)
+        rank_a[r0 : r0 + c] += np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int32)
+        np.greater_equal(s, thr_b.numpy()[None, :], out=mask)
+        higher_b += np.add.reduce(mask.view(np.uint8), axis=0, dtype=np.int32)
+    return rank_a, higher_b + 1
+
+
+def _single_positive(
+    first_rank: np.ndarray, ks: tuple[int, ...], n_gallery: int
+) -> PerQueryRetrieval:
+    """Per-query results when every query has exactly one positive, of rank ``first_rank``."""
+    count = np.ones(len(first_rank), dtype=np.int64)
+    first, ap, hits, ndcg = _chunk_stats(first_rank[:, None], count, ks)
+    return PerQueryRetrieval(ks, first, ap, hits, ndcg, count, n_gallery)
+
+
+def pair_retrieval_per_query(
+    a: np.ndarray | Tensor,
+    b: np.ndarray | Tensor,
+    groups_a: np.ndarray,
+    groups_b: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int | None = None,
+) -> tuple[tuple[np.ndarray, PerQueryRetrieval], tuple[np.ndarray, PerQueryRetrieval]] | None:
+    """Both directions ``a -> b`` and ``b -> a`` from one score matrix (see the module docstring).
+
+    Queries of ``a -> b`` are the rows of ``a`` whose group has a row in ``b`` (the gallery is all
+    of ``b``), and the other way round; results equal two calls of :func:`retrieval_per_query`.
+
+    Args:
+        a: (Na, D), b: (Nb, D) L2-normalised embeddings.
+        groups_a: (Na,), groups_b: (Nb,) int group ids, each at most once per side.
+        ks, chunk_size: as :func:`retrieval_metrics` (chunks of ``a`` rows).
+
+    Returns:
+        ``((rows_a, per_query_a_to_b), (rows_b, per_query_b_to_a))``, ``rows_*`` the query rows
+        (indices into ``a`` and ``b``, ascending); None when a group repeats within a side, a side
+        is empty, or the shared scores cannot be used (rank each direction on its own then).
+
+    Example:
+        >>> x = np.eye(3, dtype=np.float32)
+        >>> (ra, ab), (rb, ba) = pair_retrieval_per_query(x, x[:2], np.arange(3), np.arange(2))
+        >>> ra.tolist(), ab.first_rank.tolist(), ba.n_gallery
+        ([0, 1], [1, 1], 3)
+    """
+    ga, gb = np.asarray(groups_a).astype(np.int64), np.asarray(groups_b).astype(np.int64)
+    if len(ga) == 0 or len(gb) == 0 or len(np.unique(ga)) < len(ga) or len(np.unique(gb)) < len(gb):
+        return None
+    ta, tb = _as_tensor(a, "queries"), _as_tensor(b, "gallery")
+    if ta.shape[1] != tb.shape[1]:
+        raise ValueError(f"queries have dimension {ta.shape[1]} but the gallery has {tb.shape[1]}")
+    ks = _check_ks(ks)
+    oa, ob = np.argsort(ga, kind="stable"), np.argsort(gb, kind="stable")
+    pos_a = _match(ga[oa], gb[ob])
+    ranks = _pair_ranks(_take(ta, oa), _take(tb, ob), pos_a, _default_chunk(chunk_size, len(gb)))
+    if ranks is None:
+        return None
+    out = []
+    for order, rank, has, n_gallery in (
+        (oa, ranks[0], pos_a >= 0, len(gb)),
+        (ob, ranks[1], _match(gb[ob], ga[oa]) >= 0, len(ga)),
+    ):
+        rank_orig, has_orig = np.empty_like(rank), np.empty_like(has)
+        rank_orig[order], has_orig[order] = rank, has  # back to the callers' row order
+        rows = np.flatnonzero(has_orig)
+        out.append((rows, _single_positive(rank_orig[rows], ks, n_gallery)))
+    return out[0], out[1]
+
+
+def _take(t: Tensor, order: np.ndarray) -> Tensor:
+    """Rows of ``t`` in ``order`` (no copy when the order is already the identity)."""
+    if bool((order == np.arange(len(order))).all()):
+        return t
+    return t[torch.from_numpy(order)]
 
 
 def _per_query_from_chunks(
@@ -387,17 +547,40 @@ def evaluate_retrieval_per_query(
     """
     groups = emb.group_ids()
     keep = {m: unique_present_rows(emb.embeddings[m], groups) for m in emb.modalities}
+    found: dict[Direction, tuple[np.ndarray, PerQueryRetrieval]] = {}
     out: dict[Direction, tuple[np.ndarray, PerQueryRetrieval]] = {}
     for qm in emb.modalities:
         for gm in emb.modalities:
-            rows_g = keep[gm]
-            rows_q = keep[qm][np.isin(groups[keep[qm]], groups[rows_g])]
-            if qm == gm or len(rows_q) == 0:
-                continue
-            q, g = emb.embeddings[qm][rows_q], emb.embeddings[gm][rows_g]
-            pq = retrieval_per_query(q, g, groups[rows_q], groups[rows_g], ks, chunk_size)
-            out[Direction(qm, gm)] = (rows_q, pq)
+            direction = Direction(qm, gm)
+            if qm != gm and direction not in found:  # b -> a may come with a -> b
+                found.update(_retrieve_pair(emb, groups, keep, direction, ks, chunk_size))
+            if direction in found:
+                out[direction] = found[direction]
     return out
+
+
+def _retrieve_pair(
+    emb: EmbeddingSet,
+    groups: np.ndarray,
+    keep: dict[str, np.ndarray],
+    direction: Direction,
+    ks: Sequence[int],
+    chunk_size: int | None,
+) -> dict[Direction, tuple[np.ndarray, PerQueryRetrieval]]:
+    """``direction``'s results, with the reverse direction's when one score matrix serves both."""
+    qm, gm = direction.query, direction.gallery
+    ra, rb = keep[qm], keep[gm]
+    qa, gb = emb.embeddings[qm], emb.embeddings[gm]
+    shared = pair_retrieval_per_query(qa[ra], gb[rb], groups[ra], groups[rb], ks, chunk_size)
+    if shared is not None:
+        (rows_a, pq_a), (rows_b, pq_b) = shared
+        both = {direction: (ra[rows_a], pq_a), Direction(gm, qm): (rb[rows_b], pq_b)}
+        return {d: r for d, r in both.items() if len(r[1])}
+    rows_q = ra[np.isin(groups[ra], groups[rb])]
+    if len(rows_q) == 0:
+        return {}
+    pq = retrieval_per_query(qa[rows_q], gb[rb], groups[rows_q], groups[rb], ks, chunk_size)
+    return {direction: (rows_q, pq)}
 
 
 def evaluate_retrieval(
