@@ -21,7 +21,8 @@ input: a linear head needs ``head.bias: true``; an MLP head puts ``W`` in its li
 and ``b`` in the bias of its last layer, whose weights start at zero (so its non-linear branch
 starts switched off, as in zero-initialised residual branches). Maps are rescaled so that train
 embeddings have a root-mean-square norm of one (directions, hence normalised embeddings and
-retrieval, are unchanged); columns past the CCA's rank are zero.
+retrieval, are unchanged); columns past the CCA's rank start as small noise (``DEAD_COLUMN_SCALE``):
+were they zero in every head, no gradient could ever reach them.
 
 Initialisations are registered in ``HEAD_INITS`` (``model.head.init`` names one).
 
@@ -151,6 +152,7 @@ def _set_from_cca(
     owners = [m for m in model.modalities if model.head_owner(m) == m]  # sharers take theirs
     val = _val_targets(model, data, maps)
     maps.update(_regress_others(owners, feats, have, maps, reg, val))
+    maps = _wake_dead_columns(maps)
     with torch.no_grad():
         for m, (w, bias) in maps.items():
             set_head_affine(model.heads[m], w, bias)
@@ -158,6 +160,27 @@ def _set_from_cca(
         "heads initialised by CCA of %s and %s on %d train pairs (PCA %s, shrinkage %g)",
         a, b, int(both.sum()), pca_dim or "full", reg,
     )  # fmt: skip
+
+
+#: Columns past the CCA's rank start at this fraction of the live columns' scale rather than at
+#: zero: a column that is zero in every head never gets a gradient (each embedding's component
+#: and its derivative vanish together), so training could never use that dimension.
+DEAD_COLUMN_SCALE = 1e-3
+
+
+def _wake_dead_columns(maps: dict[str, Affine]) -> dict[str, Affine]:
+    """``maps`` with the columns that are zero in every map set to small seeded noise."""
+    dead = np.all([np.all(w == 0, axis=0) & (b == 0) for w, b in maps.values()], axis=0)  # (dim,)
+    if not dead.any() or dead.all():
+        return maps
+    rng = np.random.default_rng(0)
+    out = {}
+    for m, (w, b) in maps.items():
+        w = w.copy()
+        scale = DEAD_COLUMN_SCALE * np.sqrt(np.mean(w[:, ~dead] ** 2))
+        w[:, dead] = rng.normal(0.0, scale, (w.shape[0], int(dead.sum())))
+        out[m] = (w, b)
+    return out
 
 
 #: PCA widths and shrinkages the ``auto`` start searches on val (those of the CCA baseline).
