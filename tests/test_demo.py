@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("sentence_transformers", reason="the demo needs the encoders extra")
-pytest.importorskip("pocketsphinx", reason="the demo transcribes spoken descriptions (extra speech)")
+pytest.importorskip(
+    "pocketsphinx", reason="the demo transcribes spoken descriptions (extra speech)"
+)
 sf = pytest.importorskip("soundfile")
 Image = pytest.importorskip("PIL.Image")
 ImageDraw = pytest.importorskip("PIL.ImageDraw")

@@ -267,3 +267,25 @@ def test_resume_with_another_config_warns(tmp_path: Path, caplog: pytest.LogCapt
     with caplog.at_level("WARNING"):
         Trainer(changed, tmp_path / "run", resume=True)
     assert "resuming with a changed config" in caplog.text and "train.epochs" in caplog.text
+
+
+def test_a_resumed_symile_run_draws_the_negatives_it_would_have_drawn(tmp_path: Path) -> None:
+    from modalign.train.checkpoint import load_checkpoint
+
+    dims = {"image": 24, "text": 16, "audio": 12}
+    cfg = synthetic_config(tmp_path / "data", n=400, dims=dims)
+    base = [
+        *_data_overrides(cfg),
+        "loss.objective=symile",
+        "model.head.dropout=0",
+        "train.batch_size=64",
+        "train.early_stopping.patience=100",
+    ]
+    fit(load_config(None, [*base, "train.epochs=2"]), tmp_path / "straight")
+    fit(load_config(None, [*base, "train.epochs=1"]), tmp_path / "cut")
+    Trainer(load_config(None, [*base, "train.epochs=2"]), tmp_path / "cut", resume=True).fit()
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert resumed["objective"] == straight["objective"] != {}
+    for name, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=1e-6, msg=name)

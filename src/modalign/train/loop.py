@@ -226,6 +226,7 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.schedule.load_state_dict(ckpt["schedule"])
+            self.objective.load_state_dict(ckpt.get("objective", {}))
             self.state = TrainState(**ckpt["state"])
             set_rng_state(ckpt["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -238,6 +239,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
+            "objective": self.objective.state_dict(),
             "state": vars(self.state).copy(),
             "rng": rng_state(),
         }

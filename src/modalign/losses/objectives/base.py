@@ -75,6 +75,13 @@ class Objective(ABC):
                 f"loss.pairs and loss.weights apply to pairwise objectives, not {type(self).__name__}"
             )
 
+    def state_dict(self) -> dict[str, int]:
+        """What a resumed run needs to continue exactly (checkpointed with the weights)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Restore :meth:`state_dict` (an empty mapping: a checkpoint from before it existed)."""
+
     @abstractmethod
     def plan(self, present: Mapping[str, Tensor], device: torch.device | None = None) -> Any:
         """What this batch can train (identical on every process), or None to skip the batch.

@@ -83,6 +83,12 @@ class JointObjective(Objective):
         self.subsets = all_subsets(self.modalities)
         self.calls = 0  # terms() calls: seeds the negative sampling identically on every process
 
+    def state_dict(self) -> dict[str, int]:
+        return {"calls": self.calls}  # a resumed run draws the negatives it would have drawn
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.calls = int(state.get("calls", 0))
+
     def plan(
         self, present: Mapping[str, Tensor], device: torch.device | None = None
     ) -> list[Subset]:
