@@ -81,6 +81,7 @@ class Objective(ABC):
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         """Restore :meth:`state_dict` (an empty mapping: a checkpoint from before it existed)."""
+        del state  # stateless objectives have nothing to restore
 
     @abstractmethod
     def plan(self, present: Mapping[str, Tensor], device: torch.device | None = None) -> Any:
