@@ -31,7 +31,7 @@ from modalign.model.inference import embed_split, to_device
 from modalign.model.init import HEAD_INITS
 from modalign.model.load import save_model
 from modalign.pipeline import RunParts, build_parts
-from modalign.threads import auto_threads, step_threads
+from modalign.threads import auto_threads, step_threads, threads_for_flops
 from modalign.train.checkpoint import (
     check_model_state,
     load_checkpoint,
@@ -259,7 +259,7 @@ class Trainer:
         ):
             with step_threads(self._step_threads()):
                 self._train_epoch()
-                self._end_epoch()
+            self._end_epoch()  # validation picks its own threads: its products are larger
         self.logger.close()
         with step_threads(self._step_threads()):
             return self.evaluate()
@@ -292,8 +292,14 @@ class Trainer:
         from modalign.eval.retrieval import evaluate_retrieval
 
         cfg = self.cfg
-        emb = embed_split(self.model, self.parts.data, "val", cfg.eval.chunk_size)
-        return evaluate_retrieval(emb, "val", cfg.eval.ks, cfg.eval.chunk_size)
+        n, chunk = len(self.parts.data.rows("val")), cfg.eval.chunk_size
+        score_block = 2.0 * min(n, chunk) * n * self.model.embed_dim  # flops of one score block
+        threads = cfg.train.num_threads
+        if threads is None and self.device.type == "cpu":
+            threads = threads_for_flops(score_block)
+        with step_threads(threads):
+            emb = embed_split(self.model, self.parts.data, "val", chunk)
+            return evaluate_retrieval(emb, "val", cfg.eval.ks, chunk)
 
     def _save(self, name: str, state: dict[str, Any]) -> None:
         """Write a checkpoint from the first process only; the others wait until it is on disk."""
