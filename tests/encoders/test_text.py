@@ -44,3 +44,15 @@ def test_matches_sentence_transformers_encode(encoder: SentenceTransformerEncode
 def test_cache_key_names_the_weights(encoder: SentenceTransformerEncoder) -> None:
     key = encoder.cache_key()
     assert key.startswith("sentence_transformer:") and encoder._weights in key
+
+
+def test_a_frozen_encoder_stays_deterministic_inside_a_training_model(
+    encoder: SentenceTransformerEncoder,
+) -> None:
+    wrapper = torch.nn.ModuleDict({"text": encoder})
+    wrapper.train()  # what a Trainer does to the whole model every epoch
+    assert not any(m.training for m in encoder.model.modules())  # dropout off
+    batch = encoder.collate(["a red bird on a branch", "a loud drum"])
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(batch), encoder(batch), rtol=0, atol=0)
+    wrapper.eval()

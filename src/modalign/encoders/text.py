@@ -94,6 +94,13 @@ class SentenceTransformerEncoder(Encoder):
     def cache_key(self) -> str:
         return f"sentence_transformer:{self.folder.name}:{self._weights}:len={self.model.max_seq_length}:norm={self.normalize}"
 
+    def train(self, mode: bool = True) -> SentenceTransformerEncoder:
+        """A frozen transformer stays in eval mode (no dropout) inside a model being trained."""
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:  # (B, output_dim)
         device = next(self.model.parameters()).device
         features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
