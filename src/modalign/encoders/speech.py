@@ -116,7 +116,7 @@ class PocketSphinxTranscriber(Transcriber):
         except (KeyError, ValueError, TypeError) as err:
             raise ConfigError(f"pocketsphinx transcriber: bad option ({err})") from None
         self.files = {k: config[k] for k in _SPHINX_FILES if config[k] is not None}
-        self._decoder: Any = None  # made on first use: DataLoader workers only decode audio
+        self._decoder: Any = None  # made on first use: each DataLoader worker makes its own
 
     def identity(self) -> str:
         paths: list[Path] = []
@@ -281,19 +281,26 @@ class SpeechTextEncoder(Encoder):
         self.text, self.transcriber, self._transcriber_id = text_encoder, recogniser, identity
         self.sample_rate, self.max_seconds = int(sample_rate), float(max_seconds)
 
-    def load(self, cell: str) -> torch.Tensor:  # (T,) float32 at sample_rate
-        return torch.from_numpy(load_audio(cell, self.sample_rate, self.max_seconds))
+    def load(self, cell: str) -> str:
+        """The transcript of one file: recognition runs where files are read (in ``modalign
+        embed``, the DataLoader workers, one recogniser each, beside the text model)."""
+        return self.transcribe(cell)
 
-    def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
-        """Zero-pad clips: ``{"wave": (B, T_max), "lengths": (B,)}`` (as the audio encoders do)."""
+    def collate(self, items: Sequence[Any]) -> dict[str, Any]:
+        """Transcripts (from ``load``) as ``{"texts": [...]}``; waveforms (T,) as zero-padded
+        ``{"wave": (B, T_max), "lengths": (B,)}``, transcribed by ``forward``."""
+        if all(isinstance(x, str) for x in items):
+            return {"texts": list(items)}
         lengths = torch.tensor([len(x) for x in items], dtype=torch.int64)
         wave = torch.zeros(len(items), int(lengths.max()) if len(items) else 0)
         for i, x in enumerate(items):
             wave[i, : len(x)] = x
         return {"wave": wave, "lengths": lengths}
 
-    def transcripts(self, batch: dict[str, torch.Tensor]) -> list[str]:
+    def transcripts(self, batch: dict[str, Any]) -> list[str]:
         """The transcript of each clip of a collated batch (padding cut off first)."""
+        if "texts" in batch:
+            return list(batch["texts"])
         wave, lengths = batch["wave"].cpu(), batch["lengths"].cpu()
         return [
             self.transcriber.transcribe(wave[i, : int(n)].numpy()) for i, n in enumerate(lengths)
@@ -313,7 +320,7 @@ class SpeechTextEncoder(Encoder):
         self.text.eval()
         return self
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # (B, output_dim)
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:  # (B, output_dim)
         texts = [self.text.load(t) for t in self.transcripts(batch)]
         return self.text(self.text.collate(texts))
 
