@@ -180,7 +180,8 @@ class LossConfig:
     ``gram`` see all modalities at once. Modality gap: ``learn_temperature: false`` fixes the
     temperature; ``final_temperature`` moves it geometrically from the initial one to this value
     over ``temperature_steps`` optimiser steps (not learnt); ``uniformity`` adds that weight
-    times the uniformity term of Wang and Isola (2020) per modality.
+    times the uniformity term of Wang and Isola (2020) per modality. ``options`` are the pair
+    loss's own hyperparameters (``hn_nce``: ``alpha``, ``beta``; ``debiased``: ``tau_plus``).
     """
 
     name: str = "infonce"
@@ -196,6 +197,7 @@ class LossConfig:
     max_scale: float = 100.0
     init_bias: float | None = None
     tile_size: int | None = None
+    options: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(

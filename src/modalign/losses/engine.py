@@ -28,7 +28,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +40,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from modalign import distributed
+from modalign.errors import ConfigError
 from modalign.losses.functional import check_pairing, info_nce_loss, siglip_loss
 from modalign.losses.tiled import (
     LseReducer,
@@ -138,6 +142,32 @@ register_loss("infonce", block=_info_nce_kernel, init_temperature=0.07)(info_nce
 register_loss("siglip", block=_siglip_kernel, init_temperature=0.1, init_bias=-10.0)(siglip_loss)
 
 
+def loss_options(name: str) -> tuple[str, ...]:
+    """The keyword hyperparameters of loss ``name``: its function's parameters after the six
+    every loss takes.
+
+    Example:
+        >>> import modalign.losses.negatives  # registers hn_nce
+        >>> loss_options("hn_nce"), loss_options("infonce")
+        (('alpha', 'beta'), ())
+    """
+    return tuple(inspect.signature(LOSSES.get(name).fn).parameters)[6:]
+
+
+def check_loss_options(name: str, options: Mapping[str, float]) -> dict[str, float]:
+    """``options`` as floats, or a one-line ``ConfigError`` naming an option ``name`` lacks."""
+    known = loss_options(name) if name in LOSSES else ()
+    for key, value in options.items():
+        if key not in known:
+            has = ", ".join(known) or "none"
+            raise ConfigError(
+                f"loss.options.{key}: not an option of loss {name!r} (its options: {has})"
+            )
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"loss.options.{key}: {value!r} is not a finite number")
+    return {k: float(v) for k, v in options.items()}
+
+
 def _reduce_lse(part: Tensor) -> Tensor:
     """(m,) partial column log-sum-exp over this process's rows -> over every process's rows."""
     parts = [torch.empty_like(part) for _ in range(dist.get_world_size())]
@@ -158,6 +188,7 @@ def pair_loss(
     groups_x: Tensor | None = None,
     groups_y: Tensor | None = None,
     tile_size: int | None = None,
+    options: Mapping[str, float] | None = None,
 ) -> Tensor:
     """Loss ``name`` between this process's rows ``x`` and ``y``, over the global batch.
 
@@ -169,6 +200,7 @@ def pair_loss(
         groups_x: (n,) group ids, or None for paired rows (then ``n == n'`` on every process).
         groups_y: (n',) group ids, or None.
         tile_size: tile side of the kernels (default ``modalign.losses.tiled.DEFAULT_TILE``).
+        options: the loss's keyword hyperparameters (:func:`loss_options` lists them).
 
     Returns:
         0-d loss; on one process it equals ``LOSSES.get(name).fn(x, y, scale, bias, groups_x,
@@ -182,8 +214,9 @@ def pair_loss(
         True
     """
     spec = LOSSES.get(name)
-    if spec.block is None:
-        return _gathered_loss(spec.fn, x, y, scale, bias, groups_x, groups_y)
+    if spec.block is None or options:
+        fn = functools.partial(spec.fn, **options) if options else spec.fn
+        return _gathered_loss(fn, x, y, scale, bias, groups_x, groups_y)
     check_pairing(x.shape[0], y.shape[0], groups_x, groups_y)
     sizes = distributed.all_gather_sizes(x.shape[0], x.device)  # rows held by every process
     start = sum(sizes[: distributed.rank()]) if len(sizes) > 1 else 0

@@ -80,7 +80,9 @@ class AllPairsObjective(Objective):
                 idx_a = (torch.cumsum(present[a].long(), 0) - 1)[both].to(ea.device)
                 idx_b = (torch.cumsum(present[b].long(), 0) - 1)[both].to(eb.device)
                 x, y = ea[idx_a], eb[idx_b]  # (n, D) each
-            out[f"{a}_{b}"] = pair_loss(self.loss_name, x, y, scale, bias, g, g, self.tile_size)
+            out[f"{a}_{b}"] = pair_loss(
+                self.loss_name, x, y, scale, bias, g, g, self.tile_size, self.loss_options
+            )
         out.update(self.regularisers(emb))
         return out
 

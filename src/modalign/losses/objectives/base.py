@@ -22,6 +22,7 @@ from torch import Tensor
 from modalign import distributed
 from modalign.config import LossConfig
 from modalign.errors import ConfigError
+from modalign.losses.engine import check_loss_options
 from modalign.losses.negatives import uniformity_loss
 from modalign.registry import Registry
 
@@ -44,6 +45,7 @@ class Objective(ABC):
         weights: ``{"a-b": w}`` per-pair weights (pairwise objectives; unlisted pairs weigh 1).
         uniformity: weight of the uniformity term of each modality (0: none); see
             :func:`modalign.losses.negatives.uniformity_loss`.
+        loss_options: hyperparameters of the pair loss (``loss.options``).
     """
 
     def __init__(
@@ -56,8 +58,10 @@ class Objective(ABC):
         pairs: Sequence[tuple[str, str]] = (),
         weights: Mapping[str, float] | None = None,
         uniformity: float = 0.0,
+        loss_options: Mapping[str, float] | None = None,
     ) -> None:
         self.modalities, self.embed_dim = list(modalities), embed_dim
+        self.loss_options = check_loss_options(loss_name, loss_options or {})
         self.loss_name, self.tile_size = loss_name, tile_size
         self.anchor = anchor
         self.uniformity = uniformity
@@ -163,5 +167,5 @@ def build_objective(cfg: LossConfig, modalities: Sequence[str], embed_dim: int) 
     cls = OBJECTIVES.get(cfg.objective)
     return cls(
         modalities, embed_dim, cfg.name, cfg.tile_size, cfg.anchor, cfg.pairs,
-        weights=cfg.weights, uniformity=cfg.uniformity,
+        weights=cfg.weights, uniformity=cfg.uniformity, loss_options=cfg.options,
     )  # fmt: skip
