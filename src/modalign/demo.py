@@ -158,7 +158,7 @@ def write_demo_report(
         path,
         "modalign demo: Tux Paint images, captions, sounds and spoken descriptions",
         sections,
-        subtitle=f"test split, {len(emb)} stamps; frozen EfficientNet-Lite0, all-MiniLM-L6-v2 and log-mel statistics",
+        subtitle=f"test split, {len(emb)} stamps; frozen EfficientNet-Lite0 (images, spectrograms), all-MiniLM-L6-v2 (captions, transcripts)",
     )
     return path
 
