@@ -75,3 +75,10 @@ def test_cache_key_names_the_front_end(encoder: SpectrogramCNNEncoder) -> None:
     other = build_encoder("audio_efficientnet", "sound", None, {"n_mels": 64, "min_frames": 48})
     assert other.cache_key() != encoder.cache_key()
     assert encoder.frozen and not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_training_the_cnn_is_refused() -> None:
+    from modalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="frozen: false is not supported"):
+        build_encoder("audio_efficientnet", "sound", None, {"frozen": False})

@@ -155,3 +155,19 @@ def test_embed_train_load_and_export_refusal(
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bars
     assert err.startswith("modalign export: error: modality 'speech': speech_text runs a speech")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_transcriber_kept_out_of_workers_gives_the_same_embedding(
+    encoder: SpeechTextEncoder, spoken: list[Path]
+) -> None:
+    paths = [str(p) for p in spoken[:2]]
+    with torch.no_grad():
+        in_load = encoder(encoder.collate([encoder.load(p) for p in paths]))
+        encoder.transcriber.in_workers = False  # as hf_asr: load returns the waveform
+        try:
+            items = [encoder.load(p) for p in paths]
+            assert all(isinstance(x, torch.Tensor) for x in items)
+            in_forward = encoder(encoder.collate(items))
+        finally:
+            del encoder.transcriber.in_workers  # back to the class's True
+    torch.testing.assert_close(in_forward, in_load, atol=1e-6, rtol=0)

@@ -55,3 +55,9 @@ def test_the_config_sets_them_for_the_objective() -> None:
 def test_bad_options_are_one_line(name: str, options: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_loss_options(name, options)
+
+
+def test_objectives_without_a_pair_loss_refuse_options() -> None:
+    cfg = load_config(None, ["loss.objective=symile", "loss.options.beta=1.0", "loss.name=hn_nce"])
+    with pytest.raises(ConfigError, match=r"loss\.options apply to the pair loss"):
+        build_objective(cfg.loss, ["a", "b", "c"], 5)

@@ -326,3 +326,37 @@ def test_a_tower_that_does_not_trace_fails_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^vec: this tower does not trace to ONNX \(") as err:
         export_tower(tower, spec, tmp_path / "vec.onnx")
     assert "\n" not in str(err.value)
+
+
+def test_a_spectrogram_cnn_tower_is_refused_in_one_line(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from modalign.encoders.spectrogram import SpectrogramCNNEncoder
+    from modalign.model.export import export_run
+
+    model = load(runs["linear"], device="cpu")
+    model._sources["sound"] = SpectrogramCNNEncoder("sound", n_mels=32)  # as if the run had used it
+    with pytest.raises(ConfigError, match=r"'sound': audio_efficientnet runs each clip"):
+        export_run(model, "onnx", tmp_path / "x", ["sound"])
+    assert not (tmp_path / "x").exists()
+
+
+class NoisyHead(torch.nn.Module):
+    """Traces, but draws noise: onnxruntime's draws differ from torch's, so the check fails."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.rand_like(x)
+
+
+def test_a_graph_that_runs_wrong_leaves_no_file(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="needs the export extra")
+    from modalign.encoders.features import PrecomputedEncoder
+    from modalign.model.export import GraphInputs, export_tower
+    from modalign.model.load import Tower
+
+    tower = Tower(None, PrecomputedEncoder("vec", input_dim=4), NoisyHead())
+    spec = GraphInputs(["features"], [torch.randn(2, 4)], {"features": {0: "batch"}}, as_dict=False)
+    with pytest.raises(ConfigError, match="onnxruntime differs from torch"):
+        export_tower(tower, spec, tmp_path / "vec.onnx")
+    assert not (tmp_path / "vec.onnx").exists()

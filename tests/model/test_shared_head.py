@@ -72,10 +72,16 @@ def test_trained_and_loaded_runs_embed_both_modalities_with_one_head(tmp_path: P
 
 
 @pytest.mark.parametrize(
-    ("share", "message"), [("nothing", "not a modality"), ("image", "one feature space")]
+    ("share", "message"),
+    [
+        ("nothing", "not a modality"),
+        ("image", "one feature space"),
+        ("text,model.heads.speech.kind=linear", r"\['kind'\] do not apply"),
+    ],
 )
 def test_a_bad_share_is_one_line(tmp_path: Path, share: str, message: str) -> None:
     cfg = with_speech(tmp_path / "data", [])
-    bad = with_overrides(cfg, [f"model.heads.speech.share={share}"])
+    owner, *more = share.split(",")
+    bad = with_overrides(cfg, [f"model.heads.speech.share={owner}", *more])
     with pytest.raises(ConfigError, match=message):
         build_parts(bad)

@@ -281,9 +281,14 @@ def test_a_resumed_symile_run_draws_the_negatives_it_would_have_drawn(tmp_path: 
         "train.batch_size=64",
         "train.early_stopping.patience=100",
     ]
-    fit(load_config(None, [*base, "train.epochs=2"]), tmp_path / "straight")
-    fit(load_config(None, [*base, "train.epochs=1"]), tmp_path / "cut")
-    Trainer(load_config(None, [*base, "train.epochs=2"]), tmp_path / "cut", resume=True).fit()
+    cfg2 = load_config(None, [*base, "train.epochs=2", "train.warmup_steps=1"])
+    fit(cfg2, tmp_path / "straight")
+    cut = Trainer(cfg2, tmp_path / "cut")  # one epoch and its checkpoint, then "killed"
+    cut._train_epoch()
+    cut._end_epoch()
+    cut.logger.close()
+    cut._lock.close()
+    Trainer(cfg2, tmp_path / "cut", resume=True).fit()
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert resumed["objective"] == straight["objective"] != {}

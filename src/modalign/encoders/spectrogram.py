@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from modalign.encoders.audio import AudioFileEncoder
 from modalign.encoders.base import ENCODERS
 from modalign.encoders.image import EfficientNetLite0Encoder
+from modalign.errors import ConfigError
 
 
 def spectrogram_image(logmel: torch.Tensor, min_frames: int) -> torch.Tensor:
@@ -51,7 +52,8 @@ class SpectrogramCNNEncoder(AudioFileEncoder):
         sample_rate: clips are resampled to this rate. n_mels: mel bands (the image's height).
         max_seconds: longer clips are cut. min_frames: shorter clips are padded with silence.
         weights: EfficientNet-Lite0 state dict; default the offline package's.
-        frozen: keep the CNN's weights fixed (their features can then be cached).
+        frozen: must be True: each clip runs through the CNN alone, so its batch norm could not
+            train (False is refused).
 
     Example:
         >>> enc = SpectrogramCNNEncoder("sound", n_mels=32)
@@ -73,8 +75,13 @@ class SpectrogramCNNEncoder(AudioFileEncoder):
         weights: str | None = None,
         frozen: bool = True,
     ) -> None:
-        cnn = EfficientNetLite0Encoder(modality, weights=weights, frozen=frozen)
-        super().__init__(modality, 2 * cnn.output_dim, frozen, sample_rate, max_seconds, n_mels)
+        if not frozen:
+            raise ConfigError(
+                "audio_efficientnet: frozen: false is not supported (clips run through the CNN "
+                "one at a time, so its batch norm cannot train); use audio_conv to train"
+            )
+        cnn = EfficientNetLite0Encoder(modality, weights=weights, frozen=True)
+        super().__init__(modality, 2 * cnn.output_dim, True, sample_rate, max_seconds, n_mels)
         self.cnn, self.min_frames = cnn, int(min_frames)
 
     def cache_key(self) -> str:
@@ -86,15 +93,10 @@ class SpectrogramCNNEncoder(AudioFileEncoder):
         out = []
         for clip, n in zip(logmel, frames, strict=True):  # one clip at a time: no padding shared
             image = spectrogram_image(clip[:, : max(n, 1)], self.min_frames)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            with torch.no_grad():
                 maps = self.cnn.net.extract_features(
                     image.contiguous(memory_format=torch.channels_last)
                 )  # (1, 1280, M/32, T/32)
             over_time = maps.mean(2)  # (1, 1280, T/32): frequency averaged
             out.append(torch.cat([over_time.mean(-1), over_time.amax(-1)], dim=-1))
         return torch.cat(out)  # (B, 2560)
-
-    def train(self, mode: bool = True) -> SpectrogramCNNEncoder:
-        super().train(mode)
-        self.cnn.train(mode)  # a frozen CNN keeps its batch-norm statistics fixed
-        return self

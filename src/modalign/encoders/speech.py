@@ -52,7 +52,12 @@ class Transcriber:
     Subclasses register a name in ``TRANSCRIBERS`` and take ``(sample_rate, **options)``.
     ``identity`` must change whenever a transcript could change (it is part of the encoder's
     cache key, which names the feature cache and is checked when a run is loaded).
+    ``in_workers`` says whether it may run in forked DataLoader workers (one copy each).
     """
+
+    #: PocketSphinx is a small C library made anew in each worker; a model pipeline that may sit
+    #: on a GPU or use many threads stays in the main process.
+    in_workers = False
 
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = int(sample_rate)
@@ -76,6 +81,8 @@ _SPHINX_QUIET = ("loglevel", "logfn")
 
 @TRANSCRIBERS.register("pocketsphinx")
 class PocketSphinxTranscriber(Transcriber):
+    in_workers = True
+
     """CMU PocketSphinx, decoding whole utterances (``full_utt``) from 16-bit PCM.
 
     PocketSphinx normalises cepstra by a running mean (live CMN) that carries over from one
@@ -281,16 +288,21 @@ class SpeechTextEncoder(Encoder):
         self.text, self.transcriber, self._transcriber_id = text_encoder, recogniser, identity
         self.sample_rate, self.max_seconds = int(sample_rate), float(max_seconds)
 
-    def load(self, cell: str) -> str:
-        """The transcript of one file: recognition runs where files are read (in ``modalign
-        embed``, the DataLoader workers, one recogniser each, beside the text model)."""
-        return self.transcribe(cell)
+    def load(self, cell: str) -> str | torch.Tensor:
+        """One file's transcript where the transcriber may run where files are read (in
+        ``modalign embed``, the DataLoader workers, one recogniser each, beside the text model);
+        otherwise its waveform (T,), transcribed by ``forward`` in this process."""
+        if self.transcriber.in_workers:
+            return self.transcribe(cell)
+        return torch.from_numpy(load_audio(cell, self.sample_rate, self.max_seconds))
 
     def collate(self, items: Sequence[Any]) -> dict[str, Any]:
         """Transcripts (from ``load``) as ``{"texts": [...]}``; waveforms (T,) as zero-padded
         ``{"wave": (B, T_max), "lengths": (B,)}``, transcribed by ``forward``."""
         if all(isinstance(x, str) for x in items):
             return {"texts": list(items)}
+        if any(isinstance(x, str) for x in items):
+            raise TypeError("speech_text.collate: transcripts and waveforms in one batch")
         lengths = torch.tensor([len(x) for x in items], dtype=torch.int64)
         wave = torch.zeros(len(items), int(lengths.max()) if len(items) else 0)
         for i, x in enumerate(items):

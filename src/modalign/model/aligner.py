@@ -174,6 +174,9 @@ def shared_heads(
         if owner is None:
             continue
         where = f"model.heads.{modality}.share"
+        unused = sorted(set(cfg.model.heads.get(modality) or {}) - {"share"})
+        if unused:
+            raise ConfigError(f"{where}: a shared head is {owner!r}'s; {unused} do not apply")
         if owner not in heads:
             known = sorted(heads)
             raise ConfigError(f"{where}: {owner!r} is not a modality with its own head ({known})")

@@ -45,6 +45,7 @@ from modalign.encoders import ENCODERS, Encoder
 from modalign.encoders.audio import AudioFileEncoder
 from modalign.encoders.features import PrecomputedEncoder
 from modalign.encoders.image import ImageFileEncoder
+from modalign.encoders.spectrogram import SpectrogramCNNEncoder
 from modalign.encoders.speech import SpeechTextEncoder
 from modalign.encoders.text import SentenceTransformerEncoder
 from modalign.errors import ConfigError
@@ -143,10 +144,19 @@ def _speech_inputs(encoder: Encoder, out: Path, modality: str) -> GraphInputs:
     )
 
 
+def _per_clip_inputs(encoder: Encoder, out: Path, modality: str) -> GraphInputs:
+    raise ConfigError(
+        f"modality {modality!r}: audio_efficientnet runs each clip through its CNN on its own (a "
+        "loop over clip lengths, which a traced graph would fix to the example's); export the "
+        "other modalities (--modality), or embed new sounds with modalign encode"
+    )
+
+
 # Graph inputs by the class of the raw encoder (checked in order; subclasses match their base).
 GRAPH_INPUTS: list[tuple[type[Encoder], Callable[[Encoder, Path, str], GraphInputs]]] = [
     (SentenceTransformerEncoder, _text_inputs),
     (ImageFileEncoder, _image_inputs),
+    (SpectrogramCNNEncoder, _per_clip_inputs),
     (AudioFileEncoder, _audio_inputs),
     (SpeechTextEncoder, _speech_inputs),
 ]
@@ -243,7 +253,16 @@ def export_tower(tower: Tower, spec: GraphInputs, path: Path) -> float:
             raise ConfigError(
                 f"{path.stem}: this tower does not trace to ONNX ({type(err).__name__}: {first})"
             ) from None
-    return check_onnx(path, wrapped, spec)
+    try:
+        return check_onnx(path, wrapped, spec)
+    except Exception as err:  # a graph onnxruntime cannot run, or runs wrongly: no file left
+        path.unlink(missing_ok=True)
+        if isinstance(err, ConfigError):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(
+            f"{path.stem}: onnxruntime cannot run the traced graph ({type(err).__name__}: {first})"
+        ) from None
 
 
 def _require_export(module: str) -> Any:

@@ -100,8 +100,16 @@ def _run_weights(run_dir: Path, which: str) -> tuple[Path, dict[str, torch.Tenso
 
 
 def with_shared_names(saved: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """``saved`` with every name of a shared tensor (a shared head's weights), which safetensors
-    stores under one of its names only."""
+    """``saved`` with each shared tensor under all its names in ``model``.
+
+    A shared head's weights have two names in a state dict; safetensors stores them once.
+
+    Example:
+        >>> head = nn.Linear(2, 2)
+        >>> model = nn.ModuleDict({"a": head, "b": head})
+        >>> sorted(with_shared_names({"a.weight": head.weight, "a.bias": head.bias}, model))
+        ['a.bias', 'a.weight', 'b.bias', 'b.weight']
+    """
     names: dict[tuple[int, torch.Size], list[str]] = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         if tensor.numel():

@@ -10,7 +10,8 @@ also scores the initial weights) keeps whichever is best on the val split.
   each side centred and PCA-reduced to ``init_pca_dim`` dimensions, covariances shrunk towards
   a multiple of the identity by ``init_reg`` (relative to their mean eigenvalue), the top
   ``embed_dim`` canonical directions weighted by their correlations (Hotelling, 1936; ridge
-  CCA, Vinod, 1976). This is exactly the ``cca`` baseline's map (``modalign.linalg.fit_cca_affine``).
+  CCA, Vinod, 1976). On its first (rank) columns this is exactly the ``cca`` baseline's map
+  (``modalign.linalg.fit_cca_affine``).
 * Every other modality is mapped into that space by ridge regression of its features onto the
   mean anchor embedding of the same items (train rows where both are present), with the
   shrinkage of ``RIDGE_GRID`` that retrieves best on val (``init_reg`` without val rows).
@@ -124,7 +125,8 @@ def init_heads_cca(
     """Set every head of ``model`` from the train split (see the module docstring).
 
     Args:
-        model: the aligner, heads untrained. data: its paired data (``train`` rows are used).
+        model: the aligner, heads untrained. data: its paired data (``train`` rows are fitted;
+            ``val`` rows choose the ridge shrinkage of the modalities outside the anchor pair).
         anchor: the pair fitted by CCA; every other modality is regressed onto it.
         cfg: the head config (``init_pca_dim``, ``init_reg``).
     """
@@ -290,13 +292,14 @@ def _anchor_target(
 def _val_targets(
     model: Aligner, data: PairedData, anchor_maps: dict[str, Affine]
 ) -> _ValTargets | None:
+    """The val split's head inputs and anchor targets (None without val rows of an anchor)."""
     rows = data.rows("val")
-    if len(rows) == 0:
+    feats = head_inputs(model, data, rows) if len(rows) else {}
+    if not any(m in feats for m in anchor_maps):
         return None
-    feats = head_inputs(model, data, rows)
+    for m, (w, _) in anchor_maps.items():  # an anchor no val row has: all missing
+        feats.setdefault(m, np.full((len(rows), w.shape[0]), np.nan))
     have = {m: ~np.isnan(x).any(1) for m, x in feats.items()}
-    if not all(m in feats for m in anchor_maps):
-        return None
     groups = data.manifest.groups[rows] if data.manifest.groups is not None else rows
     return _ValTargets(feats, have, _anchor_target(feats, have, anchor_maps), np.asarray(groups))
 

@@ -77,6 +77,10 @@ class JointObjective(Objective):
 
     def configure(self, pairs: Sequence[tuple[str, str]], weights: dict[str, float]) -> None:
         super().configure(pairs, weights)  # joint objectives take no pairs nor weights
+        if self.loss_options:
+            raise ConfigError(
+                f"loss.options apply to the pair loss, which {type(self).__name__} does not use"
+            )
         name = type(self).__name__
         if len(self.modalities) > MAX_MODALITIES:
             raise ConfigError(f"{name} enumerates modality subsets: at most {MAX_MODALITIES}")
