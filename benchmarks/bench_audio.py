@@ -66,7 +66,13 @@ def write_clips(folder: Path, n: int, seed: int = 0) -> Path:
 
 
 def make_trainer(
-    manifest: Path, frame_cache: str, run_dir: Path, workers: int, fast: bool, channels: str | None
+    manifest: Path,
+    frame_cache: str,
+    run_dir: Path,
+    workers: int,
+    fast: bool,
+    channels: str | None,
+    sampler: str = "unique_groups",
 ) -> object:
     from modalign.config import load_config
     from modalign.train.loop import Trainer
@@ -86,6 +92,7 @@ def make_trainer(
             "train.batch_size=128",
             f"train.num_workers={workers}",
             "train.tensorboard=false",
+            f"train.sampler={sampler}",
         ],
     )
     return Trainer(cfg, run_dir)
@@ -109,6 +116,12 @@ def main() -> None:
     )
     p.add_argument("--channels", default=None, help="conv widths, e.g. 32,64,64,128")
     p.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "modalign-bench-audio"))
+    p.add_argument(
+        "--sampler",
+        default="unique_groups",
+        help="train.sampler of the cached run only (length_buckets: batches of similar lengths; "
+        "other batches, so other results); the decoding runs keep unique_groups",
+    )
     args = p.parse_args()
     if args.threads:
         import torch
@@ -128,7 +141,7 @@ def main() -> None:
     }
     start = time.perf_counter()
     trainers["cached"] = make_trainer(
-        manifest, str(frames), runs / "cached", args.workers, True, args.channels
+        manifest, str(frames), runs / "cached", args.workers, True, args.channels, args.sampler
     )
     fill_s = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in trainers}
@@ -163,6 +176,7 @@ def summary(times: dict[str, list[float]], args: argparse.Namespace, fill_s: flo
         workers=args.workers,
         threads=_threads(),
         channels=args.channels or "default",
+        sampler=args.sampler,
         load_avg=[round(x, 2) for x in os.getloadavg()],
     )
     return out

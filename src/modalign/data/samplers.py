@@ -6,6 +6,11 @@
   different items; and every row's explicit negatives (a manifest's ``negatives`` column, or the
   ``data.negatives`` file that ``modalign mine`` writes) join its batch, where the contrastive
   loss pushes them below the positive. A negative may so appear in several batches of an epoch.
+* ``length_buckets``: ``unique_groups`` over rows of similar lengths (clips, texts), for
+  encoders trained on raw items: a batch pads to its longest item, so mixing a 1 s clip with a
+  3 s one computes 2 s of padding. The shuffled rows are cut into pools of ``POOL_BATCHES``
+  batches, each pool sorted by length, and the batches are then shuffled (the bucketing of
+  fairseq's and AllenNLP's samplers). Batches change, so results differ from ``unique_groups``.
 
 Explicit negatives are ids of other rows, separated by ``|``; only train rows are used (a val
 or test row would leak into training); a negative in the row's own group is an error.
@@ -23,12 +28,14 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from modalign.config import TrainConfig
 from modalign.data.manifest import Manifest, read_table
 from modalign.data.paired import EpochBatches, PairedData
+from modalign.encoders.base import Encoder
 from modalign.errors import ConfigError, DataError
 from modalign.registry import Registry
 
@@ -78,22 +85,30 @@ class UniqueGroupBatches(EpochBatches):
         """This epoch's global batches (the same on every process)."""
         if self._cache is not None and self._cache[0] == self.epoch:
             return self._cache[1]
-        order = self.rows
-        if self.shuffle:
-            order = order[np.random.default_rng([self.seed, self.epoch]).permutation(len(order))]
+        order = self.epoch_order()
         batches: list[list[int]] = []
         if self._slices:  # what the loop below yields then, without a Python step per row
             stops = range(self.size, len(order) + 1, self.size)
             batches = [order[stop - self.size : stop].tolist() for stop in stops]
-            self._cache = (self.epoch, batches)
-            return batches
-        pending = deque(int(r) for r in order)
-        while pending:
-            batch, crowded = self._fill(pending)
-            if len(batch) < self.size and not crowded and batches:
-                break  # the rows left all share the batch's groups: the epoch's tail
-            batches.append(batch)
+        else:
+            pending = deque(int(r) for r in order)
+            while pending:
+                batch, crowded = self._fill(pending)
+                if len(batch) < self.size and not crowded and batches:
+                    break  # the rows left all share the batch's groups: the epoch's tail
+                batches.append(batch)
+        batches = self.arrange(batches)
         self._cache = (self.epoch, batches)
+        return batches
+
+    def epoch_order(self) -> np.ndarray:
+        """The order rows are taken in this epoch: a seeded shuffle."""
+        if not self.shuffle:
+            return self.rows
+        return self.rows[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.rows))]
+
+    def arrange(self, batches: list[list[int]]) -> list[list[int]]:
+        """The order of the epoch's batches (as filled)."""
         return batches
 
     def _fill(self, pending: deque[int]) -> tuple[list[int], bool]:
@@ -189,6 +204,79 @@ def load_negatives(data: PairedData, path: str = "") -> dict[int, list[int]]:
             dropped,
         )
     return {r: list(dict.fromkeys(v)) for r, v in kept.items() if v}
+
+
+#: Batches per pool sorted by length: larger pools pad less, smaller ones keep batches random.
+POOL_BATCHES = 50
+
+
+class LengthBucketBatches(UniqueGroupBatches):
+    """:class:`UniqueGroupBatches` filled from pools of rows sorted by length, batches shuffled.
+
+    Args:
+        lengths: length of every manifest row (indexed by row; 0 where unknown).
+        others: as :class:`UniqueGroupBatches`.
+
+    Example:
+        >>> rows = np.arange(8)
+        >>> lengths = np.array([5, 1, 6, 2, 7, 3, 8, 4])
+        >>> s = LengthBucketBatches(rows, rows, lengths, batch_size=2, seed=0)
+        >>> sorted(sorted(int(lengths[r]) for r in b) for b in s)  # neighbours in length pair up
+        [[1, 2], [3, 4], [5, 6], [7, 8]]
+    """
+
+    def __init__(
+        self, rows: np.ndarray, groups: np.ndarray, lengths: np.ndarray, batch_size: int,
+        seed: int, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(rows, groups, batch_size, seed, **kwargs)
+        self.lengths = np.asarray(lengths)
+
+    def epoch_order(self) -> np.ndarray:
+        order = super().epoch_order()
+        pool = POOL_BATCHES * self.size
+        parts = [order[i : i + pool] for i in range(0, len(order), pool)]
+        # longest first within a pool; a stable sort keeps the shuffle among equal lengths
+        return np.concatenate(
+            [p[np.argsort(-self.lengths[p], kind="stable")] for p in parts] or [order]
+        )
+
+    def arrange(self, batches: list[list[int]]) -> list[list[int]]:
+        if not self.shuffle:
+            return batches
+        perm = np.random.default_rng([self.seed, self.epoch, 1]).permutation(len(batches))
+        return [batches[i] for i in perm]
+
+
+def row_lengths(data: PairedData) -> np.ndarray:
+    """Per manifest row, the largest ``item_length`` of its raw items (0: none known)."""
+    lengths = np.zeros(len(data.manifest.ids), dtype=np.int64)
+    known = False
+    for m, enc in data.encoders.items():
+        if m in data.stores or type(enc).item_length is Encoder.item_length:
+            continue
+        known = True
+        for r in data.rows("train")[data.present[m][data.rows("train")]]:
+            cell = data.keys[m][r]
+            cell = str(data.manifest.resolve(cell)) if enc.reads_files else cell
+            lengths[r] = max(lengths[r], enc.item_length(cell) or 0)
+    if not known:
+        raise ConfigError(
+            "train.sampler length_buckets: no modality is read by an encoder that knows its "
+            "items' lengths (raw audio or text); use unique_groups"
+        )
+    return lengths
+
+
+@SAMPLERS.register("length_buckets")
+def length_bucket_batches(
+    data: PairedData, cfg: TrainConfig, rank: int, world: int
+) -> EpochBatches:
+    """``unique_groups`` over pools of rows sorted by the length of their raw items."""
+    return LengthBucketBatches(
+        data.rows("train"), row_groups(data.manifest), row_lengths(data), cfg.batch_size,
+        cfg.seed, rank=rank, world_size=world, negatives=load_negatives(data, data.negatives_path),
+    )  # fmt: skip
 
 
 @SAMPLERS.register("random")

@@ -342,6 +342,22 @@ class AudioFileEncoder(Encoder):
             logmel = self.front(wave[None].to(self.front.filters.device))[0]  # (M, frames)
         return logmel.T.contiguous().cpu().numpy()
 
+    def item_length(self, cell: str) -> int:
+        """Frames the front end gives ``cell`` (from the frame cache, else the file's header),
+        for batching clips of similar lengths (``train.sampler: length_buckets``)."""
+        frames = self.frame_cache.lookup(cell) if self.frame_cache is not None else None
+        if frames is not None:
+            return int(frames.shape[0])
+        import soundfile as sf
+
+        try:
+            info = sf.info(cell)
+        except (RuntimeError, OSError):  # unreadable: loading it will say why
+            return 0
+        seconds = min(info.frames / max(info.samplerate, 1), self.max_seconds)
+        samples = math.ceil(seconds * self.sample_rate - 1e-9)  # as resampling rounds up
+        return 1 + samples // self.front.hop_length
+
     def use_frames(self, cache: FrameCache | None) -> None:
         """Make ``load`` return log-mel frames read from ``cache`` (None: decode waves again)."""
         self.frame_cache = cache
