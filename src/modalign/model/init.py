@@ -224,7 +224,6 @@ def _tune_cca(
 ) -> tuple[int | None, float]:
     """The (PCA width, shrinkage) of the grid with the best mean val recall@1 of the anchor pair
     (the first grid point without a val split)."""
-    from modalign.eval.retrieval import retrieval_metrics
 
     a, b = anchor
     train, val = head_inputs(model, data, rows), head_inputs(model, data, data.rows("val"))
@@ -245,13 +244,7 @@ def _tune_cca(
             (wa, ba), (wb, bb) = fit_cca_affine(
                 train[a][ok_t], train[b][ok_t], model.embed_dim, k, reg
             )
-            ea, eb = val[a][ok_v] @ wa + ba, val[b][ok_v] @ wb + bb
-            ea /= np.maximum(np.linalg.norm(ea, axis=1, keepdims=True), 1e-12)
-            eb /= np.maximum(np.linalg.norm(eb, axis=1, keepdims=True), 1e-12)
-            score = np.mean([
-                retrieval_metrics(q.astype(np.float32), g.astype(np.float32), groups, groups, ks=(1,))["recall@1"]
-                for q, g in ((ea, eb), (eb, ea))
-            ])  # fmt: skip
+            score = mean_recall_at_1(val[a][ok_v] @ wa + ba, val[b][ok_v] @ wb + bb, groups)
             if score > best_score:
                 best, best_score = (k, reg), float(score)
     return best
@@ -304,20 +297,31 @@ def _val_targets(
     return _ValTargets(feats, have, _anchor_target(feats, have, anchor_maps), np.asarray(groups))
 
 
-def _ridge_score(fit: Affine, m: str, val: _ValTargets) -> float:
-    """Mean val recall@1 of ``m``'s ridge embedding and the anchor target, both directions."""
+def mean_recall_at_1(ea: np.ndarray, eb: np.ndarray, groups: np.ndarray) -> float:
+    """Recall@1 of paired rows ``ea`` (N, D) and ``eb`` (N, D) by cosine, averaged over both
+    directions (rows of one group are positives of each other).
+
+    Example:
+        >>> x = np.eye(3)
+        >>> mean_recall_at_1(x, x + 0.1, np.arange(3))
+        1.0
+    """
     from modalign.eval.retrieval import retrieval_metrics
 
-    ok = val.have[m] & ~np.isnan(val.target[:, 0])
-    q = val.feats[m][ok] @ fit[0] + fit[1]
-    g = val.target[ok]
-    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    groups = val.groups[ok]
+    unit = [
+        (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        for e in (ea, eb)
+    ]
     return float(np.mean([
-        retrieval_metrics(a.astype(np.float32), b.astype(np.float32), groups, groups, ks=(1,))["recall@1"]
-        for a, b in ((q, g), (g, q))
+        retrieval_metrics(q, g, groups, groups, ks=(1,))["recall@1"]
+        for q, g in ((unit[0], unit[1]), (unit[1], unit[0]))
     ]))  # fmt: skip
+
+
+def _ridge_score(fit: Affine, m: str, val: _ValTargets) -> float:
+    """Mean val recall@1 of ``m``'s ridge embedding and the anchor target, both directions."""
+    ok = val.have[m] & ~np.isnan(val.target[:, 0])
+    return mean_recall_at_1(val.feats[m][ok] @ fit[0] + fit[1], val.target[ok], val.groups[ok])
 
 
 def _regress_others(
