@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from modalign.encoders.audio import (
     ConvAudioEncoder,
     LogMelSpectrogram,
     LogMelStatsEncoder,
+    _PairMax,
+    batch_norm_rows,
     conv_blocks_channels_last,
     conv_blocks_reference,
     hz_to_mel,
@@ -183,10 +186,13 @@ def test_channels_last_blocks_match_the_reference_in_training(lengths: list[int]
 
 def test_channels_last_pooling_gives_a_tie_to_the_first_frame() -> None:
     # all-zero inputs make every window of every block a tie; max-pooling sends the gradient to
-    # the first frame, which a symmetric max (half to each) would not: the input gradient differs
+    # the first frame, which a symmetric max (half to each) would not: the input gradient differs.
+    # Batch norm in eval mode: in training, a constant input has zero variance, and its gradient
+    # is rounding noise times 1 / sqrt(eps) ** 3
     fast, plain = twin_encoders()
     grads = []
     for enc, blocks in ((fast, conv_blocks_channels_last), (plain, conv_blocks_reference)):
+        enc.eval()
         x = torch.zeros(2, 24, 11, requires_grad=True)
         mask = (torch.arange(11) < torch.tensor([[11], [6]])).float()[:, None]  # (2, 1, 11)
         out, _ = blocks(enc.blocks, x * mask, mask)
@@ -195,3 +201,60 @@ def test_channels_last_pooling_gives_a_tie_to_the_first_frame() -> None:
         grads.append(x.grad)
     assert float(grads[1].abs().max()) > 1e-3  # the check below can fail
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("frames", [8, 9])
+def test_pair_max_matches_masked_max_pool(frames: int) -> None:
+    """_PairMax against the reference's -inf fill, max_pool1d(ceil_mode) and re-zeroing, ties included."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (5, frames, 4), generator=gen).float()  # small integers: many ties
+    valid = torch.tensor([frames, frames - 1, 3, 1, 4])
+    grad = torch.randn(5, (frames + 1) // 2, 4, generator=gen)
+    a = x.clone().requires_grad_()
+    out = _PairMax.apply(a, valid)
+    out.backward(grad)
+    b = x.clone().requires_grad_()
+    inside = (torch.arange(frames) < valid[:, None])[:, :, None]  # (B, T, 1)
+    pooled = F.max_pool1d(b.masked_fill(~inside, float("-inf")).transpose(1, 2), 2, ceil_mode=True)
+    kept = (torch.arange(pooled.shape[-1]) < ((valid + 1) // 2)[:, None])[:, None]  # (B, 1, T')
+    ref = pooled.masked_fill(~kept, 0.0).transpose(1, 2)
+    ref.backward(grad)
+    assert torch.equal(out, ref)
+    assert a.grad is not None and b.grad is not None
+    assert torch.equal(a.grad, b.grad)
+    assert float(a.grad[:, 1::2].abs().sum()) > 0  # second frames do win some pairs
+
+
+def test_batch_norm_rows_matches_float64_batch_norm() -> None:
+    """Outputs, gradients and running statistics against a float64 formula, at a size where
+    torch's row-wise kernel (sums in row order) is measurably less accurate."""
+    gen = torch.Generator().manual_seed(0)
+    x64 = 0.5 * torch.randn(40000, 8, generator=gen, dtype=torch.float64) + 3.0
+    grad64 = torch.randn(40000, 8, generator=gen, dtype=torch.float64) + 1.0
+    norm = torch.nn.BatchNorm1d(8, momentum=None)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=gen), norm.bias.uniform_(-1, 1, generator=gen)
+    w, b = norm.weight.detach().double(), norm.bias.detach().double()
+    mean, var = x64.mean(0), x64.var(0, unbiased=False)
+    g, xh = grad64, (x64 - mean) / torch.sqrt(var + norm.eps)
+    grad_ref = (g - g.mean(0) - xh * (g * xh).mean(0)) * w / torch.sqrt(var + norm.eps)
+    for rows in (batch_norm_rows, lambda n, v: n(v)):
+        x = x64.float().requires_grad_()
+        norm.reset_running_stats()
+        out = rows(norm, x)
+        out.backward(grad64.float())
+        assert x.grad is not None
+        err_out = float((out.detach().double() - (xh * w + b)).abs().max())
+        err_grad = float((x.grad.double() - grad_ref).abs().max() / grad_ref.abs().max())
+        if rows is batch_norm_rows:
+            assert err_out < 4e-6 and err_grad < 4e-6, (err_out, err_grad)
+            torch.testing.assert_close(norm.running_mean.double(), mean, rtol=0, atol=1e-6)
+            unbiased = x64.var(0, unbiased=True)
+            torch.testing.assert_close(norm.running_var.double(), unbiased, rtol=1e-5, atol=0)
+            assert int(norm.num_batches_tracked) == 1
+            ours = err_out
+        else:  # torch's kernel: what the check above guards against
+            assert err_out > 3 * ours, (err_out, ours)
+    norm.eval()
+    x = torch.randn(6, 8)
+    torch.testing.assert_close(batch_norm_rows(norm, x), norm(x))
