@@ -19,9 +19,11 @@ from modalign.encoders.audio import (
     conv_blocks_reference,
     hz_to_mel,
     load_audio,
+    masked_mean_std,
     mel_filterbank,
     mel_to_hz,
     resample,
+    standardise_frames_last,
 )
 
 sf = pytest.importorskip("soundfile")
@@ -258,3 +260,15 @@ def test_batch_norm_rows_matches_float64_batch_norm() -> None:
     norm.eval()
     x = torch.randn(6, 8)
     torch.testing.assert_close(batch_norm_rows(norm, x), norm(x))
+
+
+def test_standardise_frames_last_matches_the_plain_formula() -> None:
+    batch = frames_batch([37, 20, 1, 36])
+    logmel, mask = batch["logmel"], (torch.arange(37) < batch["frames"][:, None]).float()[:, None]
+    mean, std = masked_mean_std(logmel, mask)
+    plain = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask
+    fast = standardise_frames_last(logmel, mask)
+    assert fast.transpose(1, 2).is_contiguous()  # frames last, as the fast blocks read it
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    leaf = logmel.clone().requires_grad_()  # the path with a gradient (no out= arguments)
+    torch.testing.assert_close(standardise_frames_last(leaf, mask), plain, rtol=1e-5, atol=1e-5)

@@ -35,6 +35,7 @@ from modalign import distributed
 from modalign.encoders.base import ENCODERS, Encoder
 from modalign.encoders.common import require
 from modalign.errors import ConfigError, DataError
+from modalign.memory import reuse_freed_memory
 
 if TYPE_CHECKING:
     from modalign.features.frames import FrameCache
@@ -459,7 +460,8 @@ class ConvAudioEncoder(AudioFileEncoder):
     ``augment`` (a mapping of :class:`FrameAugment` fields; None: off) augments the log-mels of
     each training batch; training reads them from the frame cache (``data.frame_cache``).
     ``fast`` runs the blocks as :func:`conv_blocks_channels_last` (False: the plain reference,
-    :func:`conv_blocks_reference`; same weights, outputs within 1e-5).
+    :func:`conv_blocks_reference`; same weights, outputs within 1e-5). Training on a CPU keeps
+    freed memory in the process for the next step (:func:`modalign.memory.reuse_freed_memory`).
 
     Example:
         >>> enc = ConvAudioEncoder("sound", n_mels=16, channels=(8, 8), output_dim=12)
@@ -501,15 +503,51 @@ class ConvAudioEncoder(AudioFileEncoder):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # -> (B, output_dim)
         logmel, mask = self.logmel_and_mask(batch)  # (B, M, T), (B, 1, T)
-        mean, std = masked_mean_std(logmel, mask)
-        x = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask  # (B, M, T); padding is 0
+        if self.training and logmel.device.type == "cpu":
+            reuse_freed_memory()  # once per process: a step's activations reuse freed pages
         if self.fast and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            x = standardise_frames_last(logmel, mask)  # (B, M, T) view of (B, T, M) memory
             x, mask = conv_blocks_channels_last(self.blocks, x, mask)
         else:  # a trace must not bake in this batch's clip lengths (the fast path indexes them)
+            mean, std = masked_mean_std(logmel, mask)
+            x = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask  # padding is 0
             x, mask = conv_blocks_reference(self.blocks, x, mask)
         avg = (x * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)  # (B, C)
         top = x.masked_fill(mask == 0, float("-inf")).amax(-1)  # (B, C)
         return self.out(torch.cat([avg, top], dim=-1))
+
+
+def standardise_frames_last(logmel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``audio_conv``'s per-band standardisation, written frames-last for the fast blocks.
+
+    The same maths as ``(logmel - mean) / (std + 1e-3) * mask`` with :func:`masked_mean_std`
+    (within float rounding), in 7 passes over the batch instead of 10 and a layout copy.
+
+    Args:
+        logmel: (B, M, T) log-mels. mask: (B, 1, T) float, 1 on the frames inside each clip.
+
+    Returns:
+        (B, M, T), a view of (B, T, M) memory (each frame's bands contiguous); 0 on padding.
+
+    Example:
+        >>> x, mask = torch.randn(2, 3, 5), torch.tensor([[[1.0] * 5], [[1.0] * 2 + [0.0] * 3]])
+        >>> mean, std = masked_mean_std(x, mask)
+        >>> plain = (x - mean[..., None]) / (std[..., None] + 1e-3) * mask
+        >>> torch.allclose(standardise_frames_last(x, mask), plain, atol=1e-6)
+        True
+    """
+    if torch.is_grad_enabled() and logmel.requires_grad:  # out= has no gradient
+        mean, std = masked_mean_std(logmel, mask)
+        plain = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask
+        return plain.transpose(1, 2).contiguous().transpose(1, 2)
+    count = mask.sum(-1).clamp_min(1.0)  # (B, 1)
+    scratch = logmel * mask
+    mean = scratch.sum(-1) / count  # (B, M)
+    centred = (logmel - mean[..., None]).mul_(mask)  # (B, M, T), 0 on padding
+    std = (torch.mul(centred, centred, out=scratch).sum(-1) / count).sqrt()  # (B, M)
+    out = logmel.new_empty(logmel.shape[0], logmel.shape[2], logmel.shape[1])  # (B, T, M)
+    torch.mul(centred.transpose(1, 2), (1.0 / (std + 1e-3))[:, None, :], out=out)
+    return out.transpose(1, 2)
 
 
 def conv_blocks_reference(
