@@ -303,7 +303,8 @@ class AudioFileEncoder(Encoder):
 
     A batch is ``{"wave": (B, T_max) float, "lengths": (B,) int64}``, or, once a frame cache is
     attached (:func:`modalign.features.frames.attach_frame_cache`, which ``PairedData`` does for
-    training), ``{"logmel": (B, n_mels, T_max) float, "frames": (B,) int64}``: ``load`` then
+    training), ``{"logmel": (B, n_mels, T_max) float, "frames": (B,) int64}`` (a view of
+    (B, T_max, n_mels) memory, each frame's bands contiguous): ``load`` then
     reads a clip's log-mel frames from a memory map instead of decoding and resampling the file.
     Both give the same outputs (the front end runs per clip instead of per batch).
     """
@@ -374,10 +375,12 @@ class AudioFileEncoder(Encoder):
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         if items[0].dim() == 2:  # log-mel frames from the frame cache: (M, frames) each
             frames = torch.tensor([x.shape[1] for x in items], dtype=torch.int64)
-            logmel = torch.zeros(len(items), items[0].shape[0], int(frames.max()))
+            # frames-last memory, as the cache stores them and the fast blocks read them:
+            # each clip's rows are one contiguous copy
+            rows = torch.zeros(len(items), int(frames.max()), items[0].shape[0])  # (B, T, M)
             for i, x in enumerate(items):
-                logmel[i, :, : x.shape[1]] = x
-            return {"logmel": logmel, "frames": frames}
+                rows[i, : x.shape[1]] = x.T
+            return {"logmel": rows.transpose(1, 2), "frames": frames}  # (B, M, T) view
         lengths = torch.tensor([len(x) for x in items], dtype=torch.int64)
         wave = torch.zeros(len(items), int(lengths.max()))
         for i, x in enumerate(items):
