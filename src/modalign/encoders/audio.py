@@ -598,8 +598,7 @@ class _BatchNormRows(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         ctx.save_for_backward(centred, invstd, weight)
         ctx.mark_non_differentiable(mean, var)
-        torch.mul(centred, weight * invstd, out=out)
-        return out.add_(bias), mean, var
+        return torch.addcmul(bias, centred, weight * invstd, out=out), mean, var
 
     @staticmethod
     def backward(
@@ -613,8 +612,7 @@ class _BatchNormRows(torch.autograd.Function):
         scale = weight * invstd
         # d/dx of w * (x - mean) * invstd + b, through the batch's mean and variance
         slope = -scale * invstd * invstd * dot / n
-        torch.mul(grad, scale, out=grad_x)
-        grad_x.addcmul_(centred, slope).add_(-scale * grad_sum / n)
+        torch.addcmul(-scale * grad_sum / n, grad, scale, out=grad_x).addcmul_(centred, slope)
         return grad_x, dot * invstd, grad_sum, None
 
 
