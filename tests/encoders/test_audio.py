@@ -17,12 +17,14 @@ from modalign.encoders.audio import (
     batch_norm_rows,
     conv_blocks_channels_last,
     conv_blocks_reference,
+    group_length,
     hz_to_mel,
     load_audio,
     masked_mean_std,
     mel_filterbank,
     mel_to_hz,
     resample,
+    split_by_length,
     standardise_frames_last,
 )
 
@@ -162,7 +164,9 @@ def twin_encoders(**options: object) -> tuple[ConvAudioEncoder, ConvAudioEncoder
     return pair[0], pair[1]
 
 
-@pytest.mark.parametrize("lengths", [[37, 20, 1, 36, 9, 2], [16, 16], [33]])
+@pytest.mark.parametrize(
+    "lengths", [[37, 20, 1, 36, 9, 2], [16, 16], [33], [5 + (7 * i) % 53 for i in range(24)]]
+)
 def test_channels_last_blocks_match_the_reference_in_training(lengths: list[int]) -> None:
     fast, plain = twin_encoders(dropout=0.0)
     batch = frames_batch(lengths)
@@ -272,3 +276,63 @@ def test_standardise_frames_last_matches_the_plain_formula() -> None:
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     leaf = logmel.clone().requires_grad_()  # the path with a gradient (no out= arguments)
     torch.testing.assert_close(standardise_frames_last(leaf, mask), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_rows_with_virtual_rows_matches_batch_norm_over_all_rows() -> None:
+    """Groups of rows plus virtual rows equal to a vector: outputs, every gradient (the vector's
+    included) and running statistics as torch's batch norm over all rows concatenated, float64."""
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, 5, generator=gen, dtype=torch.float64) + 2 for n in (7, 12)]
+    value = torch.randn(5, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(n, 5, generator=gen, dtype=torch.float64) for n in (7, 12)]
+    weight, bias = torch.rand(5, dtype=torch.float64) + 0.5, torch.randn(5, dtype=torch.float64)
+    results = []
+    for virtual in (True, False):
+        norm = torch.nn.BatchNorm1d(5).double()
+        with torch.no_grad():
+            norm.weight.copy_(weight), norm.bias.copy_(bias)
+        xs = [x.clone().requires_grad_() for x in parts]
+        v = value.clone().requires_grad_()
+        if virtual:
+            outs = batch_norm_rows(norm, xs, 4, v)
+        else:  # the virtual rows written out; their outputs unused (zero upstream gradient)
+            full = norm(torch.cat([xs[0], v.expand(4, 5), xs[1]]))
+            outs = [full[:7], full[11:]]
+        torch.autograd.backward(list(outs), grads)
+        grads_of = [t.grad for t in (*xs, v, norm.weight, norm.bias)]
+        results.append((list(outs), grads_of, norm.running_mean.clone(), norm.running_var.clone()))
+    (outs_a, grads_a, mean_a, var_a), (outs_b, grads_b, mean_b, var_b) = results
+    for a, b in zip(
+        [*outs_a, *grads_a, mean_a, var_a], [*outs_b, *grads_b, mean_b, var_b], strict=True
+    ):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert float(grads_a[2].abs().max()) > 1e-3  # the virtual rows' gradient is not trivially 0
+
+
+def test_group_length_is_the_shortest_that_keeps_every_edge_frame() -> None:
+    """Against the definition, by brute force: at each halving the group's frames reach one past
+    its longest clip wherever the whole batch's do; no shorter length does."""
+
+    def keeps(size: int, longest: int, frames: int, levels: int) -> bool:
+        for _ in range(levels):
+            if size < min(longest + 1, frames):
+                return False
+            size, longest, frames = (size + 1) // 2, (longest + 1) // 2, (frames + 1) // 2
+        return True
+
+    for frames in range(1, 70):
+        for longest in range(1, frames + 1):
+            n = group_length(longest, frames, 4)
+            assert longest <= n <= frames and keeps(n, longest, frames, 4)
+            assert n == frames or not keeps(n - 1, longest, frames, 4) or n - 1 < longest
+
+
+def test_split_by_length_groups_clips_and_skips_small_savings() -> None:
+    valid = torch.tensor([5 + (7 * i) % 53 for i in range(24)])
+    parts = split_by_length(valid, int(valid.max()), 3)
+    assert len(parts) == 4
+    assert sorted(torch.cat([i for i, _ in parts]).tolist()) == list(range(24))
+    for idx, n in parts:
+        assert int(valid[idx].max()) < n <= int(valid.max()) or n == int(valid.max())
+    assert len(split_by_length(torch.tensor([50, 49, 50, 48]), 50, 3)) == 1

@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -576,7 +577,14 @@ def conv_blocks_reference(
 
 
 class _BatchNormRows(torch.autograd.Function):
-    """Training-mode batch norm over the rows of (N, C): statistics per column, two-pass.
+    """Training-mode batch norm over the rows of several (N_i, C) tensors and ``extra`` virtual
+    rows that all equal ``value`` (C,): one set of statistics per column, two-pass.
+
+    The virtual rows stand for the padding frames the reference computes and the fast blocks
+    skip: a convolution over all-zero inputs gives exactly its bias, and the reference's batch
+    norm counts those frames in its statistics. Their outputs are never used, so their upstream
+    gradient is 0; ``value``'s gradient (the convolution's bias) gets theirs through the mean
+    and variance.
 
     torch's own kernel for a (N, C) or channels-last input sums N rows one after another in
     float32: on 128 clips x 301 frames its outputs are 20x, and the network's gradients 100x,
@@ -585,39 +593,64 @@ class _BatchNormRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # (N, C), (C,), (C,) -> (N, C), batch mean (C,), biased variance (C,)
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
-        mean = x.sum(0) / n
-        centred = x - mean  # (N, C)
-        # the output's memory serves first for the squares: a fresh (N, C) block costs page
+    def forward(  # -> each (N_i, C) normalised, batch mean (C,), biased variance (C,)
+        ctx: Any,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        value: torch.Tensor,
+        extra: int,
+        eps: float,
+        *rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        n = sum(x.shape[0] for x in rows) + extra
+        mean = (sum(x.sum(0) for x in rows) + extra * value) / n  # (C,)
+        centred = [x - mean for x in rows]  # (N_i, C)
+        # the outputs' memory serves first for the squares: a fresh (N, C) block costs page
         # faults comparable to the arithmetic, so each pass reuses one
-        out = torch.mul(centred, centred)
-        var = out.sum(0) / n
+        outs = [torch.mul(c, c) for c in centred]
+        var = (sum(o.sum(0) for o in outs) + extra * (value - mean).square()) / n
         invstd = torch.rsqrt(var + eps)
-        ctx.save_for_backward(centred, invstd, weight)
+        scale = weight * invstd
+        for c, o in zip(centred, outs, strict=True):
+            torch.addcmul(bias, c, scale, out=o)
+        ctx.save_for_backward(invstd, weight, value - mean, *centred)
+        ctx.n, ctx.extra = n, extra
         ctx.mark_non_differentiable(mean, var)
-        return torch.addcmul(bias, centred, weight * invstd, out=out), mean, var
+        return (*outs, mean, var)
 
     @staticmethod
-    def backward(
-        ctx: Any, grad: torch.Tensor, *_: Any
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
-        centred, invstd, weight = ctx.saved_tensors
-        n = centred.shape[0]
-        grad_sum = grad.sum(0)  # (C,)
-        grad_x = torch.mul(grad, centred)
-        dot = grad_x.sum(0)  # (C,): sum of grad * (x - mean)
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        invstd, weight, value_centred, *centred = ctx.saved_tensors
+        grads = grads[: len(centred)]  # (the mean and the variance have none)
+        n = ctx.n
+        grad_sum = sum(g.sum(0) for g in grads)  # (C,)
+        grad_x = [torch.mul(g, c) for g, c in zip(grads, centred, strict=True)]
+        dot = sum(gx.sum(0) for gx in grad_x)  # (C,): sum of grad * (x - mean)
         scale = weight * invstd
         # d/dx of w * (x - mean) * invstd + b, through the batch's mean and variance
         slope = -scale * invstd * invstd * dot / n
-        torch.addcmul(-scale * grad_sum / n, grad, scale, out=grad_x).addcmul_(centred, slope)
-        return grad_x, dot * invstd, grad_sum, None
+        shift = -scale * grad_sum / n
+        for g, c, gx in zip(grads, centred, grad_x, strict=True):
+            torch.addcmul(shift, g, scale, out=gx).addcmul_(c, slope)
+        grad_value = ctx.extra * (shift + value_centred * slope)  # the virtual rows' gradient
+        return dot * invstd, grad_sum, grad_value, None, None, *grad_x
 
 
-def batch_norm_rows(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``norm`` (a ``BatchNorm1d``) applied to (N, C) rows, as ``norm(x)`` but accurate in float32.
+def batch_norm_rows(
+    norm: nn.Module,
+    rows: torch.Tensor | Sequence[torch.Tensor],
+    extra: int = 0,
+    value: torch.Tensor | None = None,
+) -> torch.Tensor | list[torch.Tensor]:
+    """``norm`` (a ``BatchNorm1d``) over (N, C) rows, as ``norm(x)`` but accurate in float32.
+
+    Args:
+        norm: the batch norm. rows: one (N, C) tensor, or several (N_i, C) normalised together
+            (one set of statistics). extra: virtual rows, all equal to ``value`` (C,) (default
+            0), counted in the statistics but not returned (:class:`_BatchNormRows`).
+
+    Returns:
+        The normalised rows, as given (a tensor or a list).
 
     In training mode the batch statistics come from :class:`_BatchNormRows` and the running
     statistics are updated as ``nn.BatchNorm1d`` does (unbiased variance, ``momentum`` or a
@@ -628,20 +661,33 @@ def batch_norm_rows(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         >>> norm, x = nn.BatchNorm1d(3), torch.randn(50, 3)
         >>> torch.allclose(batch_norm_rows(norm, x), nn.BatchNorm1d(3)(x), atol=1e-5)
         True
+        >>> y = batch_norm_rows(nn.BatchNorm1d(3), [x[:20], x[20:45]], 5, x[45])
+        >>> torch.allclose(torch.cat(y), norm(torch.cat([x[:45], x[45:46].expand(5, 3)]))[:45], atol=1e-5)
+        True
     """
     bn = cast("nn.BatchNorm1d", norm)
+    parts = [rows] if isinstance(rows, torch.Tensor) else list(rows)
     if not (bn.training and bn.affine and bn.track_running_stats):
-        return cast("torch.Tensor", bn(x))
-    y, mean, var = _BatchNormRows.apply(x, bn.weight, bn.bias, bn.eps)
-    running_mean, running_var = cast("torch.Tensor", bn.running_mean), bn.running_var
+        if extra:
+            raise ValueError("batch_norm_rows: virtual rows need batch statistics (training)")
+        outs = [cast("torch.Tensor", bn(x)) for x in parts]
+    else:
+        fill = value if value is not None else parts[0].new_zeros(parts[0].shape[1])
+        *outs, mean, var = _BatchNormRows.apply(bn.weight, bn.bias, fill, extra, bn.eps, *parts)
+        _update_running_stats(bn, mean, var, sum(x.shape[0] for x in parts) + extra)
+    return outs[0] if isinstance(rows, torch.Tensor) else outs
+
+
+def _update_running_stats(
+    bn: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, n: int
+) -> None:
+    """As ``nn.BatchNorm1d`` in training: unbiased variance; ``momentum`` or a cumulative mean."""
     tracked = cast("torch.Tensor", bn.num_batches_tracked)
     with torch.no_grad():
         tracked.add_(1)
         momentum = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
-        n = x.shape[0]
-        running_mean.lerp_(mean, momentum)
-        cast("torch.Tensor", running_var).lerp_(var * (n / max(n - 1, 1)), momentum)
-    return cast("torch.Tensor", y)
+        cast("torch.Tensor", bn.running_mean).lerp_(mean, momentum)
+        cast("torch.Tensor", bn.running_var).lerp_(var * (n / max(n - 1, 1)), momentum)
 
 
 class _PairMax(torch.autograd.Function):
@@ -690,20 +736,83 @@ class _PairMax(torch.autograd.Function):
         return out, None
 
 
+def group_length(longest: int, frames: int, levels: int) -> int:
+    """Frames a group of clips needs, its longest ``longest`` frames, to give the fast blocks'
+    exact results when the whole batch has ``frames``: at each of ``levels`` halvings it keeps
+    the frame after its longest clip wherever the whole batch has it (that frame's convolution
+    output sees the clip's last frame, and batch norm counts it); every frame beyond is the
+    convolution's bias alone, which batch norm counts without computing.
+
+    Example:
+        >>> group_length(100, 301, 4), group_length(101, 301, 4), group_length(300, 301, 4)
+        (105, 105, 301)
+    """
+    for start in range(min(longest + 1, frames), frames + 1):
+        size, clip, full = start, longest, frames
+        for _ in range(levels):
+            if size < min(clip + 1, full):
+                break
+            size, clip, full = (size + 1) // 2, (clip + 1) // 2, (full + 1) // 2
+        else:
+            return start
+    return frames
+
+
+def split_by_length(
+    valid: torch.Tensor, frames: int, levels: int, groups: int = 4
+) -> list[tuple[torch.Tensor, int]]:
+    """Split a padded batch into ``groups`` groups of clips of similar length, each padded less.
+
+    Args:
+        valid: (B,) frames of each clip. frames: the batch's padded length. levels: the blocks.
+        groups: how many groups (of equal counts, by length).
+
+    Returns:
+        (indices into the batch, the group's frames: :func:`group_length`) per group; one group
+        of the whole batch when splitting would save under 10% of the frames.
+
+    Example:
+        >>> [(i.tolist(), n) for i, n in split_by_length(torch.tensor([90, 10, 100, 12]), 100, 2, 2)]
+        [([1, 3], 13), ([0, 2], 100)]
+    """
+    batch = len(valid)
+    order = torch.argsort(valid, stable=True)
+    bounds = [round(i * batch / groups) for i in range(groups + 1)]
+    parts = []
+    for start, stop in itertools.pairwise(bounds):
+        if stop > start:
+            idx = order[start:stop]
+            parts.append((idx, group_length(int(valid[idx[-1]]), frames, levels)))
+    if sum(len(idx) * n for idx, n in parts) > 0.9 * batch * frames:
+        return [(torch.arange(batch, device=valid.device), frames)]
+    return parts
+
+
+def _splittable(blocks: nn.ModuleList) -> bool:
+    """Whether every block's norm can take virtual padding rows (:func:`batch_norm_rows`)."""
+    norms = [list(block.children())[1] for block in blocks]
+    return all(
+        isinstance(n, nn.BatchNorm1d) and (not n.training or (n.affine and n.track_running_stats))
+        for n in norms
+    )
+
+
 def conv_blocks_channels_last(
     blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`conv_blocks_reference`, the same maths laid out for speed on a CPU (same outputs within 1e-5).
 
+    The batch is split into groups of clips of similar length (:func:`split_by_length`), each
+    padded only as far as its own longest clip needs: a third of a randomly drawn batch of 1-3 s
+    clips is padding, which the reference convolves, normalises and pools. Batch norm's
+    statistics still count every padding frame the reference computes, the ones no group
+    computes as virtual rows that equal the convolution's bias (:func:`batch_norm_rows`).
     Every block works on frames-last memory: (B, T, C), each frame's channels contiguous. The
     convolution is oneDNN's on a channels-last (B, C, 1, T) view of it, batch norm runs on the
-    (B * T, C) rows (:func:`batch_norm_rows`), GELU on the same rows, and the max-pool over
-    pairs of frames (:class:`_PairMax`) reads them in place: no layout copy between operations.
-    Instead of filling every padded frame with -inf before the pool, only the frame right after
-    each odd-length clip is (the one pair that mixes a clip's last frame with padding); pairs
-    that are all padding are zeroed after it. Max-pooling sends the gradient to the first
-    maximum of a pair, as before. Batch norm's statistics include the padding, as in the
-    reference. ``benchmarks/bench_audio_step.py`` times it against the reference.
+    (B * T, C) rows, GELU on the same rows, and the max-pool over pairs of frames
+    (:class:`_PairMax`) reads them in place: no layout copy between operations. Max-pooling
+    sends the gradient to the first maximum of a pair, as before.
+    ``benchmarks/bench_audio_step.py`` times it against the reference.
 
     Args and Returns: as :func:`conv_blocks_reference`.
 
@@ -716,18 +825,45 @@ def conv_blocks_channels_last(
         [True, True]
     """
     valid = mask[:, 0].sum(-1).to(torch.int64)  # (B,) frames inside each clip
-    batch = x.shape[0]
-    h = x.transpose(1, 2).contiguous()  # (B, T, C)
+    batch, frames = x.shape[0], x.shape[-1]
+    whole = [(torch.arange(batch, device=x.device), frames)]
+    parts = split_by_length(valid, frames, len(blocks)) if _splittable(blocks) else whole
+    rows_first = x.transpose(1, 2)  # (B, T, C)
+    if len(parts) == 1:
+        hs = [rows_first.contiguous()]
+    else:  # each group's clips, cropped to the group's frames: (B_g, T_g, C)
+        hs = [torch.index_select(rows_first[:, :n], 0, idx) for idx, n in parts]
+    valids = [valid[idx] for idx, _ in parts]
     for block in blocks:
-        conv, norm, act = cast("tuple[nn.Conv1d, nn.Module, nn.Module]", tuple(block.children()))
-        # (B, T, C) memory seen as a channels-last (B, C, 1, T) tensor, and the output back
+        hs, frames = _block_groups(block, hs, valids, batch * frames), (frames + 1) // 2
+        valids = [(v + 1) // 2 for v in valids]  # a pooled frame is valid if any input was
+    if len(parts) == 1:
+        h = hs[0]
+    else:  # back in the batch's order, zero-padded to the batch's frames
+        h = hs[0].new_zeros(batch, frames, hs[0].shape[2])  # (B, T', C)
+        for (idx, _), part in zip(parts, hs, strict=True):
+            h[idx, : part.shape[1]] = part
+    for _ in blocks:
+        valid = (valid + 1) // 2
+    keep = torch.arange(frames, device=h.device) < valid[:, None]  # (B, T')
+    return h.transpose(1, 2), keep[:, None, :].to(h.dtype)
+
+
+def _block_groups(
+    block: nn.Module, hs: list[torch.Tensor], valids: list[torch.Tensor], full: int
+) -> list[torch.Tensor]:
+    """One (conv, batch norm, GELU, pair max) block over groups of (B_g, T_g, C) frames-last
+    clips; ``full``: the frames the reference computes (B * T), the rest counted as virtual."""
+    conv, norm, act = cast("tuple[nn.Conv1d, nn.Module, nn.Module]", tuple(block.children()))
+    rows = []
+    for h in hs:  # (B_g, T_g, C) memory seen as a channels-last (B_g, C, 1, T_g) tensor
         y = F.conv2d(
             h.transpose(1, 2).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, padding=(0, 1)
         )
-        frames, width = y.shape[-1], y.shape[1]
-        rows = y.squeeze(2).transpose(1, 2).reshape(batch * frames, width)  # (B * T, C') view
-        rows = act(batch_norm_rows(norm, rows))
-        h = _PairMax.apply(rows.view(batch, frames, width), valid)  # (B, ceil(T / 2), C')
-        valid = (valid + 1) // 2  # a pooled frame is valid if any of its inputs was
-    keep = torch.arange(h.shape[1], device=h.device) < valid[:, None]  # (B, T')
-    return h.transpose(1, 2), keep[:, None, :].to(h.dtype)
+        rows.append(y.squeeze(2).transpose(1, 2).reshape(-1, y.shape[1]))  # (B_g * T_g, C') view
+    extra = full - sum(r.shape[0] for r in rows) if norm.training else 0
+    normed = batch_norm_rows(norm, rows, extra, conv.bias)
+    return [
+        _PairMax.apply(act(r).view(h.shape[0], h.shape[1], r.shape[1]), v)
+        for r, h, v in zip(normed, hs, valids, strict=True)
+    ]
