@@ -8,13 +8,18 @@ inflate far less than wall time, with one intra-op thread. Prints JSON lines:
   ``bench_audio.py`` generates), over a length-bucketed batch (every clip about the median
   length: what a sampler that batches clips of similar length would give), and for narrower
   networks (``--channels``); steps run alternated, median of ``--repeats``;
-* ``{"part": NAME, "cpu_ms"}``: each block's operations timed alone over the padded batch and
+* ``{"part": NAME, "cpu_ms"}``: each block's operations timed alone over the whole padded batch
+  (the fast blocks split it into groups of similar lengths: the step rows show what that saves) and
   summed over the four blocks (convolution in both layouts, batch norm over (B, C, T), over
   (B * T, C) rows with torch's kernel and with ``batch_norm_rows``, GELU, pooling with its
   masks in both forms).
 
+* with ``--thread-counts 1 2``, ``{"step", "threads", "wall_ms"}``: the fast step's wall time
+  with each intra-op thread count, alternated.
+
 Usage:
     python benchmarks/bench_audio_step.py
+    python benchmarks/bench_audio_step.py --thread-counts 1 2 --channels   # threads, idle machine
     python benchmarks/bench_audio_step.py --repeats 12 --channels 32,64,64,128 64,128,256
 """
 
@@ -133,9 +138,8 @@ def block_parts(
         p = F.max_pool1d(z.masked_fill(mask == 0, float("-inf")), 2, ceil_mode=True)
         p.masked_fill(F.max_pool1d(mask, 2, ceil_mode=True) == 0, 0.0).backward(grad_p)
 
-    def pool_fast() -> None:  # as conv_blocks_channels_last, after GELU
-        pad = torch.arange(grad_pl.shape[1]) >= ((valid + 1) // 2)[:, None]  # (B, T')
-        _PairMax.apply(zl).masked_fill(pad[:, :, None], 0.0).backward(grad_pl)
+    def pool_fast() -> None:  # as conv_blocks_channels_last, after GELU (masks included)
+        _PairMax.apply(zl, valid).backward(grad_pl)
 
     return {
         "conv1d (B,C,T) [reference]": cpu_ms(lambda: conv(xr).backward(grad), repeats),
@@ -151,15 +155,45 @@ def block_parts(
         ),
         "GELU [both]": cpu_ms(lambda: act(z).backward(grad), repeats),
         "pool + masks [reference]": cpu_ms(pool_reference, repeats),
-        "pair max + mask [fast]": cpu_ms(pool_fast, repeats),
+        "pair max with its masks [fast]": cpu_ms(pool_fast, repeats),
     }
+
+
+def time_threads(counts: list[int], repeats: int) -> None:
+    """Wall time of the fast step over the padded batch with each intra-op thread count, alternated."""
+    batch = clip_batches()["padded"]
+    torch.manual_seed(0)
+    enc = ConvAudioEncoder("sound", n_mels=N_MELS)
+    wall: dict[int, list[float]] = {n: [] for n in counts}
+    for repeat in range(repeats + 1):
+        for n in counts:
+            torch.set_num_threads(n)
+            start = time.perf_counter()
+            enc(batch).square().sum().backward()
+            enc.zero_grad()
+            if repeat:  # the first round warms up
+                wall[n].append(time.perf_counter() - start)
+    for n, values in wall.items():
+        row = {"step": "fast default padded", "threads": n}
+        print(json.dumps(row | {"wall_ms": round(1000 * statistics.median(values), 1)}))
+    torch.set_num_threads(1)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=8)
     p.add_argument("--channels", nargs="*", default=["32,64,64,128"], help="narrower networks")
+    p.add_argument(
+        "--thread-counts",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time the fast step's wall time with these intra-op thread counts, alternated "
+        "(e.g. 1 2: on an idle machine; a busy core stalls every multi-threaded operation)",
+    )
     args = p.parse_args()
+    if args.thread_counts:
+        time_threads(args.thread_counts, args.repeats)
     torch.set_num_threads(1)
     time_steps(args)
     time_parts(args.repeats)

@@ -59,5 +59,6 @@ def test_freed_blocks_are_reused_without_page_faults() -> None:
     off, faults_off = probe("0")
     assert not off
     pages = 9_863_168 // 4096
-    assert faults_off > pages / 10  # without it, blocks come back as fresh pages (can fail)
-    assert faults < pages / 20, (faults, faults_off)
+    # without it (measured: about 240 faults per 2,408-page block), fresh pages come back
+    assert faults_off > pages / 40, faults_off  # (so the check below can fail)
+    assert faults < pages / 200, (faults, faults_off)  # with it (measured: 0)
