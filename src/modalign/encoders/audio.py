@@ -667,7 +667,9 @@ def batch_norm_rows(
     """
     bn = cast("nn.BatchNorm1d", norm)
     parts = [rows] if isinstance(rows, torch.Tensor) else list(rows)
-    if not (bn.training and bn.affine and bn.track_running_stats):
+    if not (
+        isinstance(bn, nn.BatchNorm1d) and bn.training and bn.affine and bn.track_running_stats
+    ):
         if extra:
             raise ValueError("batch_norm_rows: virtual rows need batch statistics (training)")
         outs = [cast("torch.Tensor", bn(x)) for x in parts]
