@@ -14,6 +14,8 @@ inflate far less than wall time, with one intra-op thread. Prints JSON lines:
   (B * T, C) rows with torch's kernel and with ``batch_norm_rows``, GELU, pooling with its
   masks in both forms).
 
+* ``{"accuracy": "reference" or "fast", "out_err", "grad_rel_err"}``: one float32 step of
+  each against the reference in float64;
 * with ``--thread-counts 1 2``, ``{"step", "threads", "wall_ms"}``: the fast step's wall time
   with each intra-op thread count, alternated.
 
@@ -179,6 +181,32 @@ def time_threads(counts: list[int], repeats: int) -> None:
     torch.set_num_threads(1)
 
 
+def accuracy() -> None:
+    """Outputs and parameter gradients of a float32 step, reference and fast blocks, against
+    the reference blocks in float64 (largest absolute output error, largest relative gradient
+    error over the parameters, the conv biases before batch norm left out: their gradient is 0
+    up to rounding)."""
+    batch = clip_batches()["padded"]
+    torch.manual_seed(0)
+    exact = ConvAudioEncoder("sound", n_mels=N_MELS, dropout=0.0, fast=False).double()
+    wide = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+    expected = exact(wide)
+    expected.square().sum().backward()
+    for fast in (False, True):
+        enc = ConvAudioEncoder("sound", n_mels=N_MELS, dropout=0.0, fast=fast)
+        enc.load_state_dict(exact.state_dict())
+        out = enc(batch)
+        out.square().sum().backward()
+        errors = [
+            float((p.grad.double() - q.grad).abs().max() / q.grad.abs().max())
+            for (name, p), q in zip(enc.named_parameters(), exact.parameters(), strict=True)
+            if p.grad is not None and q.grad is not None and not name.endswith(".0.bias")
+        ]
+        row = {"accuracy": "fast" if fast else "reference", "vs": "reference in float64"}
+        row |= {"out_err": float((out.detach().double() - expected).abs().max())}
+        print(json.dumps(row | {"grad_rel_err": max(errors)}), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=8)
@@ -195,6 +223,7 @@ def main() -> None:
     if args.thread_counts:
         time_threads(args.thread_counts, args.repeats)
     torch.set_num_threads(1)
+    accuracy()
     time_steps(args)
     time_parts(args.repeats)
     print(json.dumps({"threads": 1, "load_avg": [round(v, 2) for v in os.getloadavg()]}))
