@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from modalign import distributed
@@ -619,6 +620,7 @@ class _BatchNormRows(torch.autograd.Function):
         return (*outs, mean, var)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         invstd, weight, value_centred, *centred = ctx.saved_tensors
         grads = grads[: len(centred)]  # (the mean and the variance have none)
@@ -726,6 +728,7 @@ class _PairMax(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         to_first, to_second, keep_lone = ctx.saved_tensors  # keep_lone: (B, 1 or 0, 1)
         batch, half, width = to_first.shape
