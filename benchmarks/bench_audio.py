@@ -10,6 +10,10 @@ blocks). Three methods run alternated (A, B, C, A, B, C, ...):
 * ``decode``: decoding, fast blocks (the same network as ``cached``);
 * ``cached``: frame cache, fast blocks (the default now).
 
+Each method runs in its own process (spawned once, then asked for one epoch at a time), since
+the current encoder tunes glibc's malloc for its whole process (``modalign.memory``) and the code
+before did not: ``decode_ref`` runs with ``MODALIGN_MALLOC_TUNING=0``.
+
 ``ratio`` is decode_ref / cached (the speed-up over the code before both), ``ratio_same_net``
 decode / cached (what the frame cache alone gives for the current network), each the median of
 per-repeat ratios. The one-off fill of the frame cache is timed separately. ``--channels``
@@ -31,11 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import statistics
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +111,30 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+def epoch_worker(conn: Connection, spec: dict[str, Any]) -> None:
+    """One method in its own process: build its trainer, then run an epoch per request.
+
+    Its own process, because ``modalign.memory.reuse_freed_memory`` (which the current encoder
+    calls) changes glibc's malloc for the whole process: ``decode_ref`` runs without it
+    (``MODALIGN_MALLOC_TUNING=0``), as the code before did. Sends ``build_s`` once (for
+    ``cached``: filling the frame cache), then ``(wall_s, cpu_s)`` per epoch.
+    """
+    if not spec["tuning"]:
+        os.environ["MODALIGN_MALLOC_TUNING"] = "0"
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    start = time.perf_counter()
+    trainer = make_trainer(*spec["args"])
+    conn.send(time.perf_counter() - start)
+    while conn.recv():
+        start, start_cpu = time.perf_counter(), time.process_time()
+        trainer._train_epoch()  # type: ignore[attr-defined]
+        conn.send((time.perf_counter() - start, time.process_time() - start_cpu))
+    conn.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=6000)
@@ -123,37 +154,47 @@ def main() -> None:
         "other batches, so other results); the decoding runs keep unique_groups",
     )
     args = p.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     folder = Path(args.folder)
     manifest = write_clips(folder, args.clips)
     runs = Path(tempfile.mkdtemp(prefix="bench-audio-runs-"))
     frames = runs / "frames"  # a fresh cache: its fill is timed, not assumed
-    trainers = {
-        "decode_ref": make_trainer(
-            manifest, "null", runs / "decode_ref", args.workers, False, args.channels
+    common = (args.workers,)
+    specs = {  # name -> (make_trainer arguments, malloc tuning)
+        "decode_ref": (
+            (manifest, "null", runs / "decode_ref", *common, False, args.channels),
+            False,
         ),
-        "decode": make_trainer(
-            manifest, "null", runs / "decode", args.workers, True, args.channels
+        "decode": ((manifest, "null", runs / "decode", *common, True, args.channels), True),
+        "cached": (
+            (manifest, str(frames), runs / "cached", *common, True, args.channels, args.sampler),
+            True,
         ),
     }
-    start = time.perf_counter()
-    trainers["cached"] = make_trainer(
-        manifest, str(frames), runs / "cached", args.workers, True, args.channels, args.sampler
-    )
-    fill_s = time.perf_counter() - start
-    times: dict[str, list[float]] = {name: [] for name in trainers}
-    cpu: dict[str, list[float]] = {name: [] for name in trainers}
+    ctx = mp.get_context("spawn")
+    conns, procs = {}, []
+    for name, (make_args, tuning) in specs.items():
+        ours, theirs = ctx.Pipe()
+        spec = {"args": make_args, "tuning": tuning, "threads": args.threads}
+        procs.append(ctx.Process(target=epoch_worker, args=(theirs, spec)))
+        procs[-1].start()
+        conns[name] = ours
+        build_s = ours.recv()  # one at a time: the cache is filled alone
+        if name == "cached":
+            fill_s = build_s
+    times: dict[str, list[float]] = {name: [] for name in specs}
+    cpu: dict[str, list[float]] = {name: [] for name in specs}
     for repeat in range(args.repeats):
-        for name, trainer in trainers.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            trainer._train_epoch()  # type: ignore[attr-defined]
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-            row = {"method": name, "repeat": repeat, "epoch_s": round(times[name][-1], 2)}
-            print(json.dumps(row | {"cpu_s": round(cpu[name][-1], 2)}), flush=True)
+        for name, conn in conns.items():
+            conn.send(True)
+            wall_s, cpu_s = conn.recv()
+            times[name].append(wall_s)
+            cpu[name].append(cpu_s)
+            row = {"method": name, "repeat": repeat, "epoch_s": round(wall_s, 2)}
+            print(json.dumps(row | {"cpu_s": round(cpu_s, 2)}), flush=True)
+    for conn in conns.values():
+        conn.send(False)
+    for proc in procs:
+        proc.join()
     out = summary(times, args, fill_s)
     if args.threads == 1:  # one thread: the process's CPU time is the work, whatever the load
         cpu_out = summary(cpu, args, fill_s)
@@ -174,7 +215,7 @@ def summary(times: dict[str, list[float]], args: argparse.Namespace, fill_s: flo
     out.update(
         fill_s=round(fill_s, 1),
         workers=args.workers,
-        threads=_threads(),
+        threads=args.threads or _threads(),
         channels=args.channels or "default",
         sampler=args.sampler,
         load_avg=[round(x, 2) for x in os.getloadavg()],

@@ -4,16 +4,24 @@ Measures per-thread CPU time (``time.thread_time``), which a shared machine's ot
 inflate far less than wall time, with one intra-op thread. Prints JSON lines:
 
 * ``{"step": NAME, "cpu_ms", "wall_ms", "frames"}`` for the reference blocks and the fast
-  (channels-last) blocks over a padded batch of 1-3 s clips (101-301 frames, as
+  (frames-last) blocks over a padded batch of 1-3 s clips (101-301 frames, as
   ``bench_audio.py`` generates), over a length-bucketed batch (every clip about the median
   length: what a sampler that batches clips of similar length would give), and for narrower
   networks (``--channels``); steps run alternated, median of ``--repeats``;
-* ``{"part": NAME, "cpu_ms"}``: each block's operations timed alone over the padded batch and
-  summed over the four blocks (convolution in both layouts, the layout copies, batch norm,
-  GELU, pooling with its masks in both forms).
+* ``{"part": NAME, "cpu_ms"}``: each block's operations timed alone over the whole padded batch
+  (the fast blocks split it into groups of similar lengths: the step rows show what that saves) and
+  summed over the four blocks (convolution in both layouts, batch norm over (B, C, T), over
+  (B * T, C) rows with torch's kernel and with ``batch_norm_rows``, GELU, pooling with its
+  masks in both forms).
+
+* ``{"accuracy": "reference" or "fast", "out_err", "grad_rel_err"}``: one float32 step of
+  each against the reference in float64;
+* with ``--thread-counts 1 2``, ``{"step", "threads", "wall_ms"}``: the fast step's wall time
+  with each intra-op thread count, alternated.
 
 Usage:
     python benchmarks/bench_audio_step.py
+    python benchmarks/bench_audio_step.py --thread-counts 1 2 --channels   # threads, idle machine
     python benchmarks/bench_audio_step.py --repeats 12 --channels 32,64,64,128 64,128,256
 """
 
@@ -29,7 +37,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from modalign.encoders.audio import ConvAudioEncoder, _to_layout
+from modalign.encoders.audio import ConvAudioEncoder, _PairMax, batch_norm_rows
 
 BATCH, N_MELS = 128, 64
 
@@ -115,50 +123,107 @@ def block_parts(
     xr = x.detach().requires_grad_(input_grad)  # (B, C, T)
     y = conv(xr).detach()
     grad = torch.randn_like(y)
-    xl = _to_layout(xr.detach().unsqueeze(2), torch.channels_last).requires_grad_(input_grad)
-    grad_l = grad.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    xl = xr.detach().transpose(1, 2).contiguous().transpose(1, 2).unsqueeze(2)  # frames last
+    xl.requires_grad_(input_grad)
+    grad_l = grad.transpose(1, 2).contiguous().transpose(1, 2).unsqueeze(2)
     weight = conv.weight.unsqueeze(2)
-    yl = grad_l.detach().requires_grad_()
+    rows = y.transpose(1, 2).reshape(-1, y.shape[1]).requires_grad_()  # (B * T, C)
+    grad_rows = grad.transpose(1, 2).reshape(-1, y.shape[1])
     yd = y.requires_grad_()
     z = act(norm(y)).detach().requires_grad_()
     mask = (torch.arange(y.shape[-1])[None] < valid[:, None]).float()[:, None]  # (B, 1, T)
     grad_p = torch.randn(y.shape[0], y.shape[1], (y.shape[-1] + 1) // 2)
-    grad_pl = grad_p.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-    keep = (torch.arange(grad_p.shape[-1]) < ((valid + 1) // 2)[:, None]).float()
+    zl = z.detach().transpose(1, 2).contiguous().requires_grad_()  # (B, T, C)
+    grad_pl = grad_p.transpose(1, 2).contiguous()
 
     def pool_reference() -> None:
         p = F.max_pool1d(z.masked_fill(mask == 0, float("-inf")), 2, ceil_mode=True)
         p.masked_fill(F.max_pool1d(mask, 2, ceil_mode=True) == 0, 0.0).backward(grad_p)
 
-    def pool_fast() -> None:  # as conv_blocks_channels_last, after GELU
-        w = z * 1.0
-        odd = ((valid % 2 == 1) & (valid < w.shape[-1])).nonzero().squeeze(1)
-        w[odd, :, valid[odd]] = float("-inf")
-        p = F.max_pool2d(_to_layout(w.unsqueeze(2), torch.channels_last), (1, 2), ceil_mode=True)
-        (p * keep[:, None, None, :]).backward(grad_pl)
+    def pool_fast() -> None:  # as conv_blocks_channels_last, after GELU (masks included)
+        _PairMax.apply(zl, valid).backward(grad_pl)
 
-    copy_ms = cpu_ms(lambda: (z * 1.0).backward(grad), repeats)  # pool_fast's first copy
     return {
         "conv1d (B,C,T) [reference]": cpu_ms(lambda: conv(xr).backward(grad), repeats),
-        "conv2d channels-last [fast]": cpu_ms(
+        "conv2d frames-last [fast]": cpu_ms(
             lambda: F.conv2d(xl, weight, conv.bias, padding=(0, 1)).backward(grad_l), repeats
         ),
-        "layout copy after conv [fast]": cpu_ms(
-            lambda: _to_layout(yl, torch.contiguous_format).backward(grad.unsqueeze(2)), repeats
+        "batch norm (B,C,T) [reference]": cpu_ms(lambda: norm(yd).backward(grad), repeats),
+        "batch norm rows, torch kernel [not used]": cpu_ms(
+            lambda: norm(rows).backward(grad_rows), repeats
         ),
-        "batch norm [both]": cpu_ms(lambda: norm(yd).backward(grad), repeats),
+        "batch norm rows [fast]": cpu_ms(
+            lambda: batch_norm_rows(norm, rows).backward(grad_rows), repeats
+        ),
         "GELU [both]": cpu_ms(lambda: act(z).backward(grad), repeats),
         "pool + masks [reference]": cpu_ms(pool_reference, repeats),
-        "pool + masks + layout copy [fast]": cpu_ms(pool_fast, repeats) - copy_ms,
+        "pair max with its masks [fast]": cpu_ms(pool_fast, repeats),
     }
+
+
+def time_threads(counts: list[int], repeats: int) -> None:
+    """Wall time of the fast step over the padded batch with each intra-op thread count, alternated."""
+    batch = clip_batches()["padded"]
+    torch.manual_seed(0)
+    enc = ConvAudioEncoder("sound", n_mels=N_MELS)
+    wall: dict[int, list[float]] = {n: [] for n in counts}
+    for repeat in range(repeats + 1):
+        for n in counts:
+            torch.set_num_threads(n)
+            start = time.perf_counter()
+            enc(batch).square().sum().backward()
+            enc.zero_grad()
+            if repeat:  # the first round warms up
+                wall[n].append(time.perf_counter() - start)
+    for n, values in wall.items():
+        row = {"step": "fast default padded", "threads": n}
+        print(json.dumps(row | {"wall_ms": round(1000 * statistics.median(values), 1)}))
+    torch.set_num_threads(1)
+
+
+def accuracy() -> None:
+    """Outputs and parameter gradients of a float32 step, reference and fast blocks, against
+    the reference blocks in float64 (largest absolute output error, largest relative gradient
+    error over the parameters, the conv biases before batch norm left out: their gradient is 0
+    up to rounding)."""
+    batch = clip_batches()["padded"]
+    torch.manual_seed(0)
+    exact = ConvAudioEncoder("sound", n_mels=N_MELS, dropout=0.0, fast=False).double()
+    wide = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+    expected = exact(wide)
+    expected.square().sum().backward()
+    for fast in (False, True):
+        enc = ConvAudioEncoder("sound", n_mels=N_MELS, dropout=0.0, fast=fast)
+        enc.load_state_dict(exact.state_dict())
+        out = enc(batch)
+        out.square().sum().backward()
+        errors = [
+            float((p.grad.double() - q.grad).abs().max() / q.grad.abs().max())
+            for (name, p), q in zip(enc.named_parameters(), exact.parameters(), strict=True)
+            if p.grad is not None and q.grad is not None and not name.endswith(".0.bias")
+        ]
+        row = {"accuracy": "fast" if fast else "reference", "vs": "reference in float64"}
+        row |= {"out_err": float((out.detach().double() - expected).abs().max())}
+        print(json.dumps(row | {"grad_rel_err": max(errors)}), flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=8)
     p.add_argument("--channels", nargs="*", default=["32,64,64,128"], help="narrower networks")
+    p.add_argument(
+        "--thread-counts",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time the fast step's wall time with these intra-op thread counts, alternated "
+        "(e.g. 1 2: on an idle machine; a busy core stalls every multi-threaded operation)",
+    )
     args = p.parse_args()
+    if args.thread_counts:
+        time_threads(args.thread_counts, args.repeats)
     torch.set_num_threads(1)
+    accuracy()
     time_steps(args)
     time_parts(args.repeats)
     print(json.dumps({"threads": 1, "load_avg": [round(v, 2) for v in os.getloadavg()]}))

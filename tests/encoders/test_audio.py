@@ -7,18 +7,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from modalign.encoders.audio import (
     ConvAudioEncoder,
     LogMelSpectrogram,
     LogMelStatsEncoder,
+    _PairMax,
+    batch_norm_rows,
     conv_blocks_channels_last,
     conv_blocks_reference,
+    group_length,
     hz_to_mel,
     load_audio,
+    masked_mean_std,
     mel_filterbank,
     mel_to_hz,
     resample,
+    split_by_length,
+    standardise_frames_last,
 )
 
 sf = pytest.importorskip("soundfile")
@@ -157,7 +164,9 @@ def twin_encoders(**options: object) -> tuple[ConvAudioEncoder, ConvAudioEncoder
     return pair[0], pair[1]
 
 
-@pytest.mark.parametrize("lengths", [[37, 20, 1, 36, 9, 2], [16, 16], [33]])
+@pytest.mark.parametrize(
+    "lengths", [[37, 20, 1, 36, 9, 2], [16, 16], [33], [5 + (7 * i) % 53 for i in range(24)]]
+)
 def test_channels_last_blocks_match_the_reference_in_training(lengths: list[int]) -> None:
     fast, plain = twin_encoders(dropout=0.0)
     batch = frames_batch(lengths)
@@ -183,10 +192,13 @@ def test_channels_last_blocks_match_the_reference_in_training(lengths: list[int]
 
 def test_channels_last_pooling_gives_a_tie_to_the_first_frame() -> None:
     # all-zero inputs make every window of every block a tie; max-pooling sends the gradient to
-    # the first frame, which a symmetric max (half to each) would not: the input gradient differs
+    # the first frame, which a symmetric max (half to each) would not: the input gradient differs.
+    # Batch norm in eval mode: in training, a constant input has zero variance, and its gradient
+    # is rounding noise times 1 / sqrt(eps) ** 3
     fast, plain = twin_encoders()
     grads = []
     for enc, blocks in ((fast, conv_blocks_channels_last), (plain, conv_blocks_reference)):
+        enc.eval()
         x = torch.zeros(2, 24, 11, requires_grad=True)
         mask = (torch.arange(11) < torch.tensor([[11], [6]])).float()[:, None]  # (2, 1, 11)
         out, _ = blocks(enc.blocks, x * mask, mask)
@@ -195,3 +207,132 @@ def test_channels_last_pooling_gives_a_tie_to_the_first_frame() -> None:
         grads.append(x.grad)
     assert float(grads[1].abs().max()) > 1e-3  # the check below can fail
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("frames", [8, 9])
+def test_pair_max_matches_masked_max_pool(frames: int) -> None:
+    """_PairMax against the reference's -inf fill, max_pool1d(ceil_mode) and re-zeroing, ties included."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (5, frames, 4), generator=gen).float()  # small integers: many ties
+    valid = torch.tensor([frames, frames - 1, 3, 1, 4])
+    grad = torch.randn(5, (frames + 1) // 2, 4, generator=gen)
+    a = x.clone().requires_grad_()
+    out = _PairMax.apply(a, valid)
+    out.backward(grad)
+    b = x.clone().requires_grad_()
+    inside = (torch.arange(frames) < valid[:, None])[:, :, None]  # (B, T, 1)
+    pooled = F.max_pool1d(b.masked_fill(~inside, float("-inf")).transpose(1, 2), 2, ceil_mode=True)
+    kept = (torch.arange(pooled.shape[-1]) < ((valid + 1) // 2)[:, None])[:, None]  # (B, 1, T')
+    ref = pooled.masked_fill(~kept, 0.0).transpose(1, 2)
+    ref.backward(grad)
+    assert torch.equal(out, ref)
+    assert a.grad is not None and b.grad is not None
+    assert torch.equal(a.grad, b.grad)
+    assert float(a.grad[:, 1::2].abs().sum()) > 0  # second frames do win some pairs
+
+
+def test_batch_norm_rows_matches_float64_batch_norm() -> None:
+    """Outputs, gradients and running statistics against a float64 formula, at a size where
+    torch's row-wise kernel (sums in row order) is measurably less accurate."""
+    gen = torch.Generator().manual_seed(0)
+    x64 = 0.5 * torch.randn(40000, 8, generator=gen, dtype=torch.float64) + 3.0
+    grad64 = torch.randn(40000, 8, generator=gen, dtype=torch.float64) + 1.0
+    norm = torch.nn.BatchNorm1d(8, momentum=None)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=gen), norm.bias.uniform_(-1, 1, generator=gen)
+    w, b = norm.weight.detach().double(), norm.bias.detach().double()
+    mean, var = x64.mean(0), x64.var(0, unbiased=False)
+    g, xh = grad64, (x64 - mean) / torch.sqrt(var + norm.eps)
+    grad_ref = (g - g.mean(0) - xh * (g * xh).mean(0)) * w / torch.sqrt(var + norm.eps)
+    for rows in (batch_norm_rows, lambda n, v: n(v)):
+        x = x64.float().requires_grad_()
+        norm.reset_running_stats()
+        out = rows(norm, x)
+        out.backward(grad64.float())
+        assert x.grad is not None
+        err_out = float((out.detach().double() - (xh * w + b)).abs().max())
+        err_grad = float((x.grad.double() - grad_ref).abs().max() / grad_ref.abs().max())
+        if rows is batch_norm_rows:
+            assert err_out < 4e-6 and err_grad < 4e-6, (err_out, err_grad)
+            torch.testing.assert_close(norm.running_mean.double(), mean, rtol=0, atol=1e-6)
+            unbiased = x64.var(0, unbiased=True)
+            torch.testing.assert_close(norm.running_var.double(), unbiased, rtol=1e-5, atol=0)
+            assert int(norm.num_batches_tracked) == 1
+            ours = err_out
+        else:  # torch's kernel: what the check above guards against
+            assert err_out > 3 * ours, (err_out, ours)
+    norm.eval()
+    x = torch.randn(6, 8)
+    torch.testing.assert_close(batch_norm_rows(norm, x), norm(x))
+
+
+def test_standardise_frames_last_matches_the_plain_formula() -> None:
+    batch = frames_batch([37, 20, 1, 36])
+    logmel, mask = batch["logmel"], (torch.arange(37) < batch["frames"][:, None]).float()[:, None]
+    mean, std = masked_mean_std(logmel, mask)
+    plain = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask
+    fast = standardise_frames_last(logmel, mask)
+    assert fast.transpose(1, 2).is_contiguous()  # frames last, as the fast blocks read it
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    leaf = logmel.clone().requires_grad_()  # the path with a gradient (no out= arguments)
+    torch.testing.assert_close(standardise_frames_last(leaf, mask), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_rows_with_virtual_rows_matches_batch_norm_over_all_rows() -> None:
+    """Groups of rows plus virtual rows equal to a vector: outputs, every gradient (the vector's
+    included) and running statistics as torch's batch norm over all rows concatenated, float64."""
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, 5, generator=gen, dtype=torch.float64) + 2 for n in (7, 12)]
+    value = torch.randn(5, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(n, 5, generator=gen, dtype=torch.float64) for n in (7, 12)]
+    weight, bias = torch.rand(5, dtype=torch.float64) + 0.5, torch.randn(5, dtype=torch.float64)
+    results = []
+    for virtual in (True, False):
+        norm = torch.nn.BatchNorm1d(5).double()
+        with torch.no_grad():
+            norm.weight.copy_(weight), norm.bias.copy_(bias)
+        xs = [x.clone().requires_grad_() for x in parts]
+        v = value.clone().requires_grad_()
+        if virtual:
+            outs = batch_norm_rows(norm, xs, 4, v)
+        else:  # the virtual rows written out; their outputs unused (zero upstream gradient)
+            full = norm(torch.cat([xs[0], v.expand(4, 5), xs[1]]))
+            outs = [full[:7], full[11:]]
+        torch.autograd.backward(list(outs), grads)
+        grads_of = [t.grad for t in (*xs, v, norm.weight, norm.bias)]
+        results.append((list(outs), grads_of, norm.running_mean.clone(), norm.running_var.clone()))
+    (outs_a, grads_a, mean_a, var_a), (outs_b, grads_b, mean_b, var_b) = results
+    for a, b in zip(
+        [*outs_a, *grads_a, mean_a, var_a], [*outs_b, *grads_b, mean_b, var_b], strict=True
+    ):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert float(grads_a[2].abs().max()) > 1e-3  # the virtual rows' gradient is not trivially 0
+
+
+def test_group_length_is_the_shortest_that_keeps_every_edge_frame() -> None:
+    """Against the definition, by brute force: at each halving the group's frames reach one past
+    its longest clip wherever the whole batch's do; no shorter length does."""
+
+    def keeps(size: int, longest: int, frames: int, levels: int) -> bool:
+        for _ in range(levels):
+            if size < min(longest + 1, frames):
+                return False
+            size, longest, frames = (size + 1) // 2, (longest + 1) // 2, (frames + 1) // 2
+        return True
+
+    for frames in range(1, 70):
+        for longest in range(1, frames + 1):
+            n = group_length(longest, frames, 4)
+            assert longest <= n <= frames and keeps(n, longest, frames, 4)
+            assert n == frames or not keeps(n - 1, longest, frames, 4) or n - 1 < longest
+
+
+def test_split_by_length_groups_clips_and_skips_small_savings() -> None:
+    valid = torch.tensor([5 + (7 * i) % 53 for i in range(24)])
+    parts = split_by_length(valid, int(valid.max()), 3)
+    assert len(parts) == 4
+    assert sorted(torch.cat([i for i, _ in parts]).tolist()) == list(range(24))
+    for idx, n in parts:
+        assert int(valid[idx].max()) < n <= int(valid.max()) or n == int(valid.max())
+    assert len(split_by_length(torch.tensor([50, 49, 50, 48]), 50, 3)) == 1

@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -29,12 +30,14 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from modalign import distributed
 from modalign.encoders.base import ENCODERS, Encoder
 from modalign.encoders.common import require
 from modalign.errors import ConfigError, DataError
+from modalign.memory import reuse_freed_memory
 
 if TYPE_CHECKING:
     from modalign.features.frames import FrameCache
@@ -302,7 +305,8 @@ class AudioFileEncoder(Encoder):
 
     A batch is ``{"wave": (B, T_max) float, "lengths": (B,) int64}``, or, once a frame cache is
     attached (:func:`modalign.features.frames.attach_frame_cache`, which ``PairedData`` does for
-    training), ``{"logmel": (B, n_mels, T_max) float, "frames": (B,) int64}``: ``load`` then
+    training), ``{"logmel": (B, n_mels, T_max) float, "frames": (B,) int64}`` (a view of
+    (B, T_max, n_mels) memory, each frame's bands contiguous): ``load`` then
     reads a clip's log-mel frames from a memory map instead of decoding and resampling the file.
     Both give the same outputs (the front end runs per clip instead of per batch).
     """
@@ -373,10 +377,12 @@ class AudioFileEncoder(Encoder):
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         if items[0].dim() == 2:  # log-mel frames from the frame cache: (M, frames) each
             frames = torch.tensor([x.shape[1] for x in items], dtype=torch.int64)
-            logmel = torch.zeros(len(items), items[0].shape[0], int(frames.max()))
+            # frames-last memory, as the cache stores them and the fast blocks read them:
+            # each clip's rows are one contiguous copy
+            rows = torch.zeros(len(items), int(frames.max()), items[0].shape[0])  # (B, T, M)
             for i, x in enumerate(items):
-                logmel[i, :, : x.shape[1]] = x
-            return {"logmel": logmel, "frames": frames}
+                rows[i, : x.shape[1]] = x.T
+            return {"logmel": rows.transpose(1, 2), "frames": frames}  # (B, M, T) view
         lengths = torch.tensor([len(x) for x in items], dtype=torch.int64)
         wave = torch.zeros(len(items), int(lengths.max()))
         for i, x in enumerate(items):
@@ -459,7 +465,8 @@ class ConvAudioEncoder(AudioFileEncoder):
     ``augment`` (a mapping of :class:`FrameAugment` fields; None: off) augments the log-mels of
     each training batch; training reads them from the frame cache (``data.frame_cache``).
     ``fast`` runs the blocks as :func:`conv_blocks_channels_last` (False: the plain reference,
-    :func:`conv_blocks_reference`; same weights, outputs within 1e-5).
+    :func:`conv_blocks_reference`; same weights, outputs within 1e-5). Training on a CPU keeps
+    freed memory in the process for the next step (:func:`modalign.memory.reuse_freed_memory`).
 
     Example:
         >>> enc = ConvAudioEncoder("sound", n_mels=16, channels=(8, 8), output_dim=12)
@@ -501,15 +508,51 @@ class ConvAudioEncoder(AudioFileEncoder):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # -> (B, output_dim)
         logmel, mask = self.logmel_and_mask(batch)  # (B, M, T), (B, 1, T)
-        mean, std = masked_mean_std(logmel, mask)
-        x = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask  # (B, M, T); padding is 0
+        if self.training and logmel.device.type == "cpu":
+            reuse_freed_memory()  # once per process: a step's activations reuse freed pages
         if self.fast and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            x = standardise_frames_last(logmel, mask)  # (B, M, T) view of (B, T, M) memory
             x, mask = conv_blocks_channels_last(self.blocks, x, mask)
         else:  # a trace must not bake in this batch's clip lengths (the fast path indexes them)
+            mean, std = masked_mean_std(logmel, mask)
+            x = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask  # padding is 0
             x, mask = conv_blocks_reference(self.blocks, x, mask)
         avg = (x * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)  # (B, C)
         top = x.masked_fill(mask == 0, float("-inf")).amax(-1)  # (B, C)
         return self.out(torch.cat([avg, top], dim=-1))
+
+
+def standardise_frames_last(logmel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``audio_conv``'s per-band standardisation, written frames-last for the fast blocks.
+
+    The same maths as ``(logmel - mean) / (std + 1e-3) * mask`` with :func:`masked_mean_std`
+    (within float rounding), in 7 passes over the batch instead of 10 and a layout copy.
+
+    Args:
+        logmel: (B, M, T) log-mels. mask: (B, 1, T) float, 1 on the frames inside each clip.
+
+    Returns:
+        (B, M, T), a view of (B, T, M) memory (each frame's bands contiguous); 0 on padding.
+
+    Example:
+        >>> x, mask = torch.randn(2, 3, 5), torch.tensor([[[1.0] * 5], [[1.0] * 2 + [0.0] * 3]])
+        >>> mean, std = masked_mean_std(x, mask)
+        >>> plain = (x - mean[..., None]) / (std[..., None] + 1e-3) * mask
+        >>> torch.allclose(standardise_frames_last(x, mask), plain, atol=1e-6)
+        True
+    """
+    if torch.is_grad_enabled() and logmel.requires_grad:  # out= has no gradient
+        mean, std = masked_mean_std(logmel, mask)
+        plain = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask
+        return plain.transpose(1, 2).contiguous().transpose(1, 2)
+    count = mask.sum(-1).clamp_min(1.0)  # (B, 1)
+    scratch = logmel * mask
+    mean = scratch.sum(-1) / count  # (B, M)
+    centred = (logmel - mean[..., None]).mul_(mask)  # (B, M, T), 0 on padding
+    std = (torch.mul(centred, centred, out=scratch).sum(-1) / count).sqrt()  # (B, M)
+    out = logmel.new_empty(logmel.shape[0], logmel.shape[2], logmel.shape[1])  # (B, T, M)
+    torch.mul(centred.transpose(1, 2), (1.0 / (std + 1e-3))[:, None, :], out=out)
+    return out.transpose(1, 2)
 
 
 def conv_blocks_reference(
@@ -534,29 +577,229 @@ def conv_blocks_reference(
     return x, mask
 
 
-class _Relayout(torch.autograd.Function):
-    """Copy a tensor into ``layout``; its gradient is copied back into ``grad_layout``.
+class _BatchNormRows(torch.autograd.Function):
+    """Training-mode batch norm over the rows of several (N_i, C) tensors and ``extra`` virtual
+    rows that all equal ``value`` (C,): one set of statistics per column, two-pass.
 
-    ``Tensor.contiguous(memory_format=...)`` hands back the gradient in whatever layout the next
-    operation produced it, and batch norm's backward runs about 7x slower (GELU's 3x) on a
-    channels-last gradient (measured, torch 2.13 CPU): this keeps each op on its fast layout.
+    The virtual rows stand for the padding frames the reference computes and the fast blocks
+    skip: a convolution over all-zero inputs gives exactly its bias, and the reference's batch
+    norm counts those frames in its statistics. Their outputs are never used, so their upstream
+    gradient is 0; ``value``'s gradient (the convolution's bias) gets theirs through the mean
+    and variance.
+
+    torch's own kernel for a (N, C) or channels-last input sums N rows one after another in
+    float32: on 128 clips x 301 frames its outputs are 20x, and the network's gradients 100x,
+    further from a float64 reference than the (B, C, T) kernel's. Here every sum is torch's
+    cascaded (pairwise-like) reduction and the variance is taken around the mean.
     """
 
     @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, layout: torch.memory_format, grad_layout: torch.memory_format
-    ) -> torch.Tensor:
-        ctx.grad_layout = grad_layout
-        return x.contiguous(memory_format=layout)
+    def forward(  # -> each (N_i, C) normalised, batch mean (C,), biased variance (C,)
+        ctx: Any,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        value: torch.Tensor,
+        extra: int,
+        eps: float,
+        *rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        n = sum(x.shape[0] for x in rows) + extra
+        mean = (sum(x.sum(0) for x in rows) + extra * value) / n  # (C,)
+        centred = [x - mean for x in rows]  # (N_i, C)
+        # the outputs' memory serves first for the squares: a fresh (N, C) block costs page
+        # faults comparable to the arithmetic, so each pass reuses one
+        outs = [torch.mul(c, c) for c in centred]
+        var = (sum(o.sum(0) for o in outs) + extra * (value - mean).square()) / n
+        invstd = torch.rsqrt(var + eps)
+        scale = weight * invstd
+        for c, o in zip(centred, outs, strict=True):
+            torch.addcmul(bias, c, scale, out=o)
+        ctx.save_for_backward(invstd, weight, value - mean, *centred)
+        ctx.n, ctx.extra = n, extra
+        ctx.mark_non_differentiable(mean, var)
+        return (*outs, mean, var)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return grad.contiguous(memory_format=ctx.grad_layout), None, None
+    @once_differentiable
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        invstd, weight, value_centred, *centred = ctx.saved_tensors
+        grads = grads[: len(centred)]  # (the mean and the variance have none)
+        n = ctx.n
+        grad_sum = sum(g.sum(0) for g in grads)  # (C,)
+        grad_x = [torch.mul(g, c) for g, c in zip(grads, centred, strict=True)]
+        dot = sum(gx.sum(0) for gx in grad_x)  # (C,): sum of grad * (x - mean)
+        scale = weight * invstd
+        # d/dx of w * (x - mean) * invstd + b, through the batch's mean and variance
+        slope = -scale * invstd * invstd * dot / n
+        shift = -scale * grad_sum / n
+        for g, c, gx in zip(grads, centred, grad_x, strict=True):
+            torch.addcmul(shift, g, scale, out=gx).addcmul_(c, slope)
+        grad_value = ctx.extra * (shift + value_centred * slope)  # the virtual rows' gradient
+        return dot * invstd, grad_sum, grad_value, None, None, *grad_x
 
 
-def _to_layout(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
-    back = torch.contiguous_format if layout == torch.channels_last else torch.channels_last
-    return _Relayout.apply(x, layout, back)
+def batch_norm_rows(
+    norm: nn.Module,
+    rows: torch.Tensor | Sequence[torch.Tensor],
+    extra: int = 0,
+    value: torch.Tensor | None = None,
+) -> torch.Tensor | list[torch.Tensor]:
+    """``norm`` (a ``BatchNorm1d``) over (N, C) rows, as ``norm(x)`` but accurate in float32.
+
+    Args:
+        norm: the batch norm. rows: one (N, C) tensor, or several (N_i, C) normalised together
+            (one set of statistics). extra: virtual rows, all equal to ``value`` (C,) (default
+            0), counted in the statistics but not returned (:class:`_BatchNormRows`).
+
+    Returns:
+        The normalised rows, as given (a tensor or a list).
+
+    In training mode the batch statistics come from :class:`_BatchNormRows` and the running
+    statistics are updated as ``nn.BatchNorm1d`` does (unbiased variance, ``momentum`` or a
+    cumulative mean when it is None); in eval mode, or for a norm without affine parameters or
+    running statistics, torch's kernel runs (an eval-mode norm is a per-column affine map).
+
+    Example:
+        >>> norm, x = nn.BatchNorm1d(3), torch.randn(50, 3)
+        >>> torch.allclose(batch_norm_rows(norm, x), nn.BatchNorm1d(3)(x), atol=1e-5)
+        True
+        >>> y = batch_norm_rows(nn.BatchNorm1d(3), [x[:20], x[20:45]], 5, x[45])
+        >>> torch.allclose(torch.cat(y), norm(torch.cat([x[:45], x[45:46].expand(5, 3)]))[:45], atol=1e-5)
+        True
+    """
+    bn = cast("nn.BatchNorm1d", norm)
+    parts = [rows] if isinstance(rows, torch.Tensor) else list(rows)
+    if not (
+        isinstance(bn, nn.BatchNorm1d) and bn.training and bn.affine and bn.track_running_stats
+    ):
+        if extra:
+            raise ValueError("batch_norm_rows: virtual rows need batch statistics (training)")
+        outs = [cast("torch.Tensor", bn(x)) for x in parts]
+    else:
+        fill = value if value is not None else parts[0].new_zeros(parts[0].shape[1])
+        *outs, mean, var = _BatchNormRows.apply(bn.weight, bn.bias, fill, extra, bn.eps, *parts)
+        _update_running_stats(bn, mean, var, sum(x.shape[0] for x in parts) + extra)
+    return outs[0] if isinstance(rows, torch.Tensor) else outs
+
+
+def _update_running_stats(
+    bn: nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, n: int
+) -> None:
+    """As ``nn.BatchNorm1d`` in training: unbiased variance; ``momentum`` or a cumulative mean."""
+    tracked = cast("torch.Tensor", bn.num_batches_tracked)
+    with torch.no_grad():
+        tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(tracked)
+        cast("torch.Tensor", bn.running_mean).lerp_(mean, momentum)
+        cast("torch.Tensor", bn.running_var).lerp_(var * (n / max(n - 1, 1)), momentum)
+
+
+class _PairMax(torch.autograd.Function):
+    """Masked max over pairs of frames, (B, T, C) -> (B, ceil(T / 2), C), as the reference's
+    ``max_pool1d(x, 2, ceil_mode=True)`` along T with the padding at -inf and the pooled padding
+    re-zeroed: a clip's last frame alone in its pair (odd length) is kept, a pair of padding
+    frames gives 0, and the gradient of a tie goes to the first frame of its pair. One pass
+    writes the pooled frames, and two bool masks (which frame of each pair gets the gradient)
+    stand in for max-pooling's int64 indices, the -inf fill and the masking's copies.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        batch, frames, width = x.shape
+        half, pooled = frames // 2, (frames + 1) // 2
+        first, second = x[:, 0 : 2 * half : 2], x[:, 1 : 2 * half : 2]  # (B, T // 2, C) views
+        out = x.new_empty(batch, pooled, width)
+        torch.maximum(first, second, out=out[:, :half])
+        if frames % 2:  # the lone last frame
+            out[:, half] = x[:, -1]
+        # float masks: a product with a bool mask runs 2x slower (torch 2.13 CPU)
+        to_first = torch.ge(first, second, out=x.new_empty(first.shape))  # (B, T // 2, C)
+        # an odd clip's last pair mixes its last frame with padding: the frame wins alone
+        odd = ((valid % 2 == 1) & (valid < frames)).nonzero().squeeze(1)  # (K,)
+        last = valid[odd] // 2  # (K,)
+        out[odd, last] = first[odd, last]
+        to_first[odd, last] = 1.0
+        keep = (torch.arange(pooled, device=x.device) < ((valid + 1) // 2)[:, None]).to(x.dtype)
+        out.mul_(keep[:, :, None])  # (B, T', C): pairs of padding give 0
+        to_first.mul_(keep[:, :half, None])
+        to_second = keep[:, :half, None] - to_first  # (B, T // 2, C)
+        ctx.save_for_backward(to_first, to_second, keep[:, half:, None])
+        ctx.frames = frames
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        to_first, to_second, keep_lone = ctx.saved_tensors  # keep_lone: (B, 1 or 0, 1)
+        batch, half, width = to_first.shape
+        out = grad.new_empty(batch, ctx.frames, width)  # (B, T, C)
+        pairs = out[:, : 2 * half].view(batch, half, 2, width)  # (B, T // 2, 2, C) view
+        torch.mul(grad[:, :half], to_first, out=pairs[:, :, 0])  # (torch.where: 5x slower)
+        torch.mul(grad[:, :half], to_second, out=pairs[:, :, 1])
+        if ctx.frames % 2:  # the lone last frame of an odd-length batch
+            torch.mul(grad[:, half:], keep_lone, out=out[:, -1:])
+        return out, None
+
+
+def group_length(longest: int, frames: int, levels: int) -> int:
+    """Frames a group of clips needs, its longest ``longest`` frames, to give the fast blocks'
+    exact results when the whole batch has ``frames``: at each of ``levels`` halvings it keeps
+    the frame after its longest clip wherever the whole batch has it (that frame's convolution
+    output sees the clip's last frame, and batch norm counts it); every frame beyond is the
+    convolution's bias alone, which batch norm counts without computing.
+
+    Example:
+        >>> group_length(100, 301, 4), group_length(101, 301, 4), group_length(300, 301, 4)
+        (105, 105, 301)
+    """
+    for start in range(min(longest + 1, frames), frames + 1):
+        size, clip, full = start, longest, frames
+        for _ in range(levels):
+            if size < min(clip + 1, full):
+                break
+            size, clip, full = (size + 1) // 2, (clip + 1) // 2, (full + 1) // 2
+        else:
+            return start
+    return frames
+
+
+def split_by_length(
+    valid: torch.Tensor, frames: int, levels: int, groups: int = 4
+) -> list[tuple[torch.Tensor, int]]:
+    """Split a padded batch into ``groups`` groups of clips of similar length, each padded less.
+
+    Args:
+        valid: (B,) frames of each clip. frames: the batch's padded length. levels: the blocks.
+        groups: how many groups (of equal counts, by length).
+
+    Returns:
+        (indices into the batch, the group's frames: :func:`group_length`) per group; one group
+        of the whole batch when splitting would save under 10% of the frames.
+
+    Example:
+        >>> [(i.tolist(), n) for i, n in split_by_length(torch.tensor([90, 10, 100, 12]), 100, 2, 2)]
+        [([1, 3], 13), ([0, 2], 100)]
+    """
+    batch = len(valid)
+    order = torch.argsort(valid, stable=True)
+    bounds = [round(i * batch / groups) for i in range(groups + 1)]
+    parts = []
+    for start, stop in itertools.pairwise(bounds):
+        if stop > start:
+            idx = order[start:stop]
+            parts.append((idx, group_length(int(valid[idx[-1]]), frames, levels)))
+    if sum(len(idx) * n for idx, n in parts) > 0.9 * batch * frames:
+        return [(torch.arange(batch, device=valid.device), frames)]
+    return parts
+
+
+def _splittable(blocks: nn.ModuleList) -> bool:
+    """Whether every block's norm can take virtual padding rows (:func:`batch_norm_rows`)."""
+    norms = [list(block.children())[1] for block in blocks]
+    return all(
+        isinstance(n, nn.BatchNorm1d) and (not n.training or (n.affine and n.track_running_stats))
+        for n in norms
+    )
 
 
 def conv_blocks_channels_last(
@@ -564,14 +807,17 @@ def conv_blocks_channels_last(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`conv_blocks_reference`, the same maths laid out for speed on a CPU (same outputs within 1e-5).
 
-    Convolution and max-pooling run on (B, C, 1, T) tensors in channels-last memory (each frame's
-    channels contiguous), where oneDNN's kernels are fastest; batch norm and GELU run on plain
-    (B, C, T) tensors, where theirs are. Instead of filling every padded frame with -inf before
-    the pool, only the frame right after each odd-length clip is (the one window that mixes a
-    clip's last frame with padding); the windows that are all padding are then zeroed by a
-    multiplication. Max-pooling sends the gradient to the first maximum of a window, as before.
-    One training step of the default network over 128 clips of 1-3 s: 7-20 % less CPU time
-    (``benchmarks/bench_audio_step.py``; the convolution and the pooling gain, the copies cost).
+    The batch is split into groups of clips of similar length (:func:`split_by_length`), each
+    padded only as far as its own longest clip needs: a third of a randomly drawn batch of 1-3 s
+    clips is padding, which the reference convolves, normalises and pools. Batch norm's
+    statistics still count every padding frame the reference computes, the ones no group
+    computes as virtual rows that equal the convolution's bias (:func:`batch_norm_rows`).
+    Every block works on frames-last memory: (B, T, C), each frame's channels contiguous. The
+    convolution is oneDNN's on a channels-last (B, C, 1, T) view of it, batch norm runs on the
+    (B * T, C) rows, GELU on the same rows, and the max-pool over pairs of frames
+    (:class:`_PairMax`) reads them in place: no layout copy between operations. Max-pooling
+    sends the gradient to the first maximum of a pair, as before.
+    ``benchmarks/bench_audio_step.py`` times it against the reference.
 
     Args and Returns: as :func:`conv_blocks_reference`.
 
@@ -584,17 +830,45 @@ def conv_blocks_channels_last(
         [True, True]
     """
     valid = mask[:, 0].sum(-1).to(torch.int64)  # (B,) frames inside each clip
-    rows = torch.arange(len(valid), device=x.device)
-    keep = mask[:, 0] > 0  # (B, T)
-    x = _to_layout(x.unsqueeze(2), torch.channels_last)  # (B, C, 1, T)
+    batch, frames = x.shape[0], x.shape[-1]
+    whole = [(torch.arange(batch, device=x.device), frames)]
+    parts = split_by_length(valid, frames, len(blocks)) if _splittable(blocks) else whole
+    rows_first = x.transpose(1, 2)  # (B, T, C)
+    if len(parts) == 1:
+        hs = [rows_first.contiguous()]
+    else:  # each group's clips, cropped to the group's frames: (B_g, T_g, C)
+        hs = [torch.index_select(rows_first[:, :n], 0, idx) for idx, n in parts]
+    valids = [valid[idx] for idx, _ in parts]
     for block in blocks:
-        conv, norm, act = cast("tuple[nn.Conv1d, nn.Module, nn.Module]", tuple(block.children()))
-        y = F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, 1))  # (B, C', 1, T)
-        y = act(norm(_to_layout(y, torch.contiguous_format).squeeze(2)))  # (B, C', T)
-        odd = ((valid % 2 == 1) & (valid < y.shape[-1])).nonzero().squeeze(1)  # (K,)
-        y[rows[odd], :, valid[odd]] = float("-inf")  # padding never wins the max
-        x = F.max_pool2d(_to_layout(y.unsqueeze(2), torch.channels_last), (1, 2), ceil_mode=True)
-        valid = (valid + 1) // 2  # a pooled frame is valid if any of its inputs was
-        keep = torch.arange(x.shape[-1], device=x.device) < valid[:, None]  # (B, ceil(T / 2))
-        x = x * keep[:, None, None, :].to(x.dtype)  # re-zero the padding
-    return x.squeeze(2), keep[:, None, :].to(x.dtype)
+        hs, frames = _block_groups(block, hs, valids, batch * frames), (frames + 1) // 2
+        valids = [(v + 1) // 2 for v in valids]  # a pooled frame is valid if any input was
+    if len(parts) == 1:
+        h = hs[0]
+    else:  # back in the batch's order, zero-padded to the batch's frames
+        h = hs[0].new_zeros(batch, frames, hs[0].shape[2])  # (B, T', C)
+        for (idx, _), part in zip(parts, hs, strict=True):
+            h[idx, : part.shape[1]] = part
+    for _ in blocks:
+        valid = (valid + 1) // 2
+    keep = torch.arange(frames, device=h.device) < valid[:, None]  # (B, T')
+    return h.transpose(1, 2), keep[:, None, :].to(h.dtype)
+
+
+def _block_groups(
+    block: nn.Module, hs: list[torch.Tensor], valids: list[torch.Tensor], full: int
+) -> list[torch.Tensor]:
+    """One (conv, batch norm, GELU, pair max) block over groups of (B_g, T_g, C) frames-last
+    clips; ``full``: the frames the reference computes (B * T), the rest counted as virtual."""
+    conv, norm, act = cast("tuple[nn.Conv1d, nn.Module, nn.Module]", tuple(block.children()))
+    rows = []
+    for h in hs:  # (B_g, T_g, C) memory seen as a channels-last (B_g, C, 1, T_g) tensor
+        y = F.conv2d(
+            h.transpose(1, 2).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, padding=(0, 1)
+        )
+        rows.append(y.squeeze(2).transpose(1, 2).reshape(-1, y.shape[1]))  # (B_g * T_g, C') view
+    extra = full - sum(r.shape[0] for r in rows) if norm.training else 0
+    normed = batch_norm_rows(norm, rows, extra, conv.bias)
+    return [
+        _PairMax.apply(act(r).view(h.shape[0], h.shape[1], r.shape[1]), v)
+        for r, h, v in zip(normed, hs, valids, strict=True)
+    ]
