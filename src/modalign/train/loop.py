@@ -247,7 +247,10 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to the end (or early stop), then evaluate ``eval.splits``; returns metrics.json."""
         with self._lock:  # the run folder stays locked until its metrics.json is written
-            return self._fit()
+            try:
+                return self._fit()
+            finally:  # records buffered before an error reach the log too
+                self.logger.close()
 
     def _fit(self) -> dict[str, float]:
         cfg = self.cfg
@@ -412,6 +415,7 @@ class Trainer:
         if better:
             self._save("best.pt", {"model": self.model.state_dict(), "epoch": state.epoch})
         self.logger.log(state.step, record)
+        self.logger.flush()  # the log holds every record up to last.pt's step
         self._save("last.pt", self._checkpoint())
 
     def evaluate(self) -> dict[str, float]:
