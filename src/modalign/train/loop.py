@@ -8,8 +8,10 @@ step and per epoch), ``tensorboard/``, ``last.pt`` (everything needed to resume 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,15 @@ from modalign.model.inference import embed_split, to_device
 from modalign.model.init import HEAD_INITS
 from modalign.model.load import save_model
 from modalign.pipeline import RunParts, build_parts
-from modalign.threads import auto_threads, step_threads, threads_for_flops
+from modalign.threads import (
+    auto_threads,
+    choose_threads,
+    mean_matmul_flops,
+    runnable_others,
+    step_threads,
+    threads_for_flops,
+    usable_cores,
+)
 from modalign.train.checkpoint import (
     check_model_state,
     load_checkpoint,
@@ -55,6 +65,21 @@ class TrainState:
     step: int = 0  # optimiser steps taken
     best: float | None = None
     bad_epochs: int = 0
+
+
+@dataclass
+class _Pending:
+    """An ended epoch validated in a background thread while the next one trains.
+
+    Attributes:
+        ckpt: what its ``last.pt`` holds (copies; its ``state`` lacks the validation's verdict).
+        record: its log record, already in the logger's buffer; the metrics join it when known.
+        result: the validation metrics of its weights (a copy of the model).
+    """
+
+    ckpt: dict[str, Any]
+    record: dict[str, float]
+    result: Future[dict[str, float] | None]
 
 
 def _warn_if_config_changed(cfg: Config, saved: Path) -> None:
@@ -158,10 +183,20 @@ def monitored_value(metrics: dict[str, float], name: str) -> float:
 
 
 class Trainer:
-    """Runs one training job into a run folder. ``Trainer(cfg, run_dir).fit()``."""
+    """Runs one training job into a run folder. ``Trainer(cfg, run_dir).fit()``.
 
-    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False) -> None:
+    ``overlap``: validate each epoch in a background thread while the next one trains (see
+    :meth:`_overlaps`); None decides from the machine, True/False force it (results are the same).
+    """
+
+    def __init__(
+        self, cfg: Config, run_dir: Path, resume: bool = False, overlap: bool | None = None
+    ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.overlap = overlap
+        self._pending: _Pending | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._fitting = False  # epochs overlap only inside fit()
         distributed.init_from_env()
         self.main = distributed.rank() == 0  # only the first process writes files
         seed_everything(cfg.train.seed)
@@ -250,19 +285,22 @@ class Trainer:
             try:
                 return self._fit()
             finally:  # records buffered before an error reach the log too
+                self._stop_background()
                 self.logger.close()
 
     def _fit(self) -> dict[str, float]:
         cfg = self.cfg
         if self.head_init.fit is not None and self.state.step == 0:
             self._score_initial()
-        while (
-            self.state.epoch < cfg.train.epochs
-            and self.state.bad_epochs < cfg.train.early_stopping.patience
-        ):
+        patience = cfg.train.early_stopping.patience
+        self._fitting = True
+        while self.state.epoch < cfg.train.epochs and self.state.bad_epochs < patience:
             with step_threads(self._step_threads()):
                 self._train_epoch()
+            if self.state.bad_epochs >= patience:
+                break  # the epoch before, validated during this one, ended the run: it was undone
             self._end_epoch()  # validation picks its own threads: its products are larger
+        self._fitting = False
         self.logger.close()
         with step_threads(self._step_threads()):
             return self.evaluate()
@@ -288,21 +326,87 @@ class Trainer:
         self._save("best.pt", {"model": self.model.state_dict(), "epoch": 0})
         self.logger.log(0, {"epoch": 0, **val})
 
-    def _validate(self) -> dict[str, float] | None:
-        """Retrieval metrics of the current weights on the val split (None without one)."""
+    def _validate(
+        self, model: Aligner | None = None, threads: int | None = None
+    ) -> dict[str, float] | None:
+        """Retrieval metrics of ``model`` (the trained one) on the val split (None without one),
+        with ``threads`` intra-op threads (None: ``train.num_threads``, else chosen here)."""
         if not len(self.parts.data.rows("val")):
             return None
         from modalign.eval.retrieval import evaluate_retrieval
 
-        cfg = self.cfg
+        cfg, model = self.cfg, model or self.model
         n, chunk = len(self.parts.data.rows("val")), cfg.eval.chunk_size
-        score_block = 2.0 * min(n, chunk) * n * self.model.embed_dim  # flops of one score block
-        threads = cfg.train.num_threads
+        score_block = 2.0 * min(n, chunk) * n * model.embed_dim  # flops of one score block
+        threads = threads or cfg.train.num_threads
         if threads is None and self.device.type == "cpu":
             threads = threads_for_flops(score_block)
         with step_threads(threads):
-            emb = embed_split(self.model, self.parts.data, "val", chunk)
+            emb = embed_split(model, self.parts.data, "val", chunk)
             return evaluate_retrieval(emb, "val", cfg.eval.ks, chunk)
+
+    def _overlaps(self) -> bool:
+        """Whether the epoch just ended is validated in a background thread while the next one
+        trains (inside ``fit``, another epoch to come, a val split): by default where that
+        costs the steps nothing, i.e. one CPU process whose steps run one thread whatever the
+        load, a core free beside it, and every input read from a feature store."""
+        if not self._fitting or self.state.epoch >= self.cfg.train.epochs:
+            return False
+        if distributed.is_distributed() or not len(self.parts.data.rows("val")):
+            return False
+        if self.overlap is not None:
+            return self.overlap
+        cfg, data = self.cfg.train, self.parts.data
+        if self.device.type != "cpu" or set(data.stores) != set(data.modalities):
+            return False
+        rows = min(cfg.batch_size, cfg.chunk_size or cfg.batch_size)
+        flops = mean_matmul_flops(
+            self.model, rows, self.model.embed_dim, self.cfg.loss.tile_size or DEFAULT_TILE
+        )
+        one = (cfg.num_threads or choose_threads(flops, torch.get_num_threads(), 2, 0)) == 1
+        return one and usable_cores() - runnable_others() >= 2
+
+    def _snapshot(self) -> tuple[Aligner, dict[str, Any]]:
+        """A copy of the model, and of everything ``last.pt`` holds now (its weights the copy's)."""
+        model = copy.deepcopy(self.model)
+        ckpt = self._checkpoint()
+        ckpt = {
+            k: model.state_dict() if k == "model" else copy.deepcopy(v) for k, v in ckpt.items()
+        }
+        return model, ckpt
+
+    def _validate_beside(self, model: Aligner) -> dict[str, float] | None:
+        """:meth:`_validate` in the background thread, on one core (the steps hold the other)."""
+        torch.set_num_threads(1)  # OpenMP's count is per thread: this thread's own
+        return self._validate(model, threads=1)
+
+    def _resolve(self) -> None:
+        """Close the epoch validated in the background (waiting for it). When its verdict ends
+        the run, the epoch trained since is undone: weights, optimiser, schedule, objective,
+        RNG and state return to that epoch's end, its records are dropped (so the run equals
+        one that validated in turn)."""
+        assert self._pending is not None
+        pending, self._pending = self._pending, None
+        val = pending.result.result()
+        self.logger.held = False
+        better = self._judge(val, int(pending.record["epoch"]))
+        stop = self.state.bad_epochs >= self.cfg.train.early_stopping.patience
+        if stop:
+            self.logger.discard_after(pending.ckpt["state"]["step"])
+        pending.ckpt["state"].update(best=self.state.best, bad_epochs=self.state.bad_epochs)
+        self._close_epoch(pending.record, val, better, pending.ckpt)
+        if stop:
+            self._restore(pending.ckpt, self.run_dir / "last.pt")
+
+    def _stop_background(self) -> None:
+        """Wait for a background validation (an error ended the run: its result is dropped)."""
+        self._fitting = False
+        if self._pending is not None:
+            self._pending.result.exception()  # waits; an error there does not hide this one
+            self._pending, self.logger.held = None, False
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _save(self, name: str, state: dict[str, Any]) -> None:
         """Write a checkpoint from the first process only; the others wait until it is on disk."""
@@ -324,6 +428,11 @@ class Trainer:
             disable=None,
         )
         for i, chunks in enumerate(bar):
+            if self._pending is not None and self._pending.result.done():
+                self._resolve()  # the epoch before is validated: close it
+                if self.state.bad_epochs >= cfg.train.early_stopping.patience:
+                    bar.close()
+                    return  # ... it ended the run, and this epoch was undone
             batch = merge_chunks(chunks)
             plan = self.objective.plan(batch.present, self.device)
             if not plan:
@@ -340,6 +449,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
                 if logged:
                     self._log_step(loss, losses, grad_norm)
+        if self._pending is not None:
+            self._resolve()  # wait for the validation of the epoch before
 
     def _forward_backward(self, chunks: list[Batch], batch: Batch, plan: Any) -> dict[str, Tensor]:
         """Losses of one batch, gradients accumulated; gradient-cached when it came in chunks."""
@@ -391,32 +502,57 @@ class Trainer:
         return float(norm)
 
     def _end_epoch(self) -> None:
-        cfg, state = self.cfg, self.state
-        state.epoch += 1
-        record: dict[str, float] = {"epoch": state.epoch}
-        val = self._validate()
-        better = True  # no validation split: the latest weights are the best we know
-        if val is not None:
-            record.update(val)
-            value = monitored_value(val, cfg.train.early_stopping.metric)
-            better = state.best is None or (
-                value > state.best if cfg.train.early_stopping.mode == "max" else value < state.best
-            )
-            state.best, state.bad_epochs = (
-                (value, 0) if better else (state.best, state.bad_epochs + 1)
-            )
-            log.info(
-                "epoch %d: val %s = %.4f%s",
-                state.epoch,
-                cfg.train.early_stopping.metric,
-                value,
-                " (best)" if better else "",
-            )
+        """Validate the epoch just trained, then judge, log and checkpoint it; in the background
+        while the next epoch trains where :meth:`_overlaps` says so (closed by :meth:`_resolve`)."""
+        self.state.epoch += 1
+        record: dict[str, float] = {"epoch": self.state.epoch}
+        if not self._overlaps():
+            val = self._validate()
+            self._close_epoch(record, val, self._judge(val, self.state.epoch), None)
+            return
+        model, ckpt = self._snapshot()
+        self.logger.log(self.state.step, record)  # here, before the next epoch's records
+        self.logger.held = True  # ... and written once it holds its metrics
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="modalign-validation")
+        self._pending = _Pending(ckpt, record, self._pool.submit(self._validate_beside, model))
+
+    def _judge(self, val: dict[str, float] | None, epoch: int) -> bool:
+        """Early stopping's verdict on an epoch's validation (updates ``best``/``bad_epochs``):
+        whether its weights are the best so far (without a val split, the latest always are)."""
+        cfg, state = self.cfg.train.early_stopping, self.state
+        if val is None:
+            return True
+        value = monitored_value(val, cfg.metric)
+        better = state.best is None or (
+            value > state.best if cfg.mode == "max" else value < state.best
+        )
+        state.best, state.bad_epochs = (value, 0) if better else (state.best, state.bad_epochs + 1)
+        log.info("epoch %d: val %s = %.4f%s", epoch, cfg.metric, value, " (best)" if better else "")
+        return better
+
+    def _close_epoch(
+        self,
+        record: dict[str, float],
+        val: dict[str, float] | None,
+        better: bool,
+        ckpt: dict[str, Any] | None,
+    ) -> None:
+        """Write a judged epoch: ``best.pt`` if it is the best, its record, ``last.pt``.
+
+        ``ckpt``: the epoch's snapshot when it was validated in the background (its record is
+        logged already); None: the live state, which is still that epoch's end.
+        """
+        epoch = int(record["epoch"])
+        record.update(val or {})
         if better:
-            self._save("best.pt", {"model": self.model.state_dict(), "epoch": state.epoch})
-        self.logger.log(state.step, record)
+            weights = self.model.state_dict() if ckpt is None else ckpt["model"]
+            self._save("best.pt", {"model": weights, "epoch": epoch})
+        if ckpt is None:
+            self.logger.log(self.state.step, record)
+            ckpt = self._checkpoint()
         self.logger.flush()  # the log holds every record up to last.pt's step
-        self._save("last.pt", self._checkpoint())
+        self._save("last.pt", ckpt)
 
     def evaluate(self) -> dict[str, float]:
         """Score the best weights on ``eval.splits``; writes and returns ``metrics.json``."""

@@ -10,7 +10,6 @@ from typing import Any
 from modalign.errors import DataError
 from modalign.io import read_jsonl, write_atomic
 
-
 FLUSH_SECS = 10.0
 """Records wait in memory at most about this long (and until :meth:`MetricsLogger.flush`)."""
 
@@ -48,6 +47,7 @@ class MetricsLogger:
         self.flush_secs = flush_secs
         self._pending: list[tuple[int, dict[str, float]]] = []
         self._flushed_at = time.monotonic()
+        self.held = False  # True: only an explicit flush() writes (a record awaits its values)
         self.writer: Any = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -67,8 +67,12 @@ class MetricsLogger:
         if not self.enabled:
             return
         self._pending.append((step, values))
-        if time.monotonic() - self._flushed_at >= self.flush_secs:
+        if not self.held and time.monotonic() - self._flushed_at >= self.flush_secs:
             self.flush()
+
+    def discard_after(self, step: int) -> None:
+        """Forget the buffered records of steps after ``step`` (work that was undone)."""
+        self._pending = [(s, values) for s, values in self._pending if s <= step]
 
     def flush(self) -> None:
         """Write the buffered records to ``metrics.jsonl`` and TensorBoard's event file."""
