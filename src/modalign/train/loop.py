@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import math
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +198,7 @@ class Trainer:
         self._pending: _Pending | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._fitting = False  # epochs overlap only inside fit()
+        self._shown = -math.inf  # when the progress bar's loss was last updated
         distributed.init_from_env()
         self.main = distributed.rank() == 0  # only the first process writes files
         seed_everything(cfg.train.seed)
@@ -440,17 +442,24 @@ class Trainer:
             losses = self._forward_backward(chunks, batch, plan)
             if (i + 1) % cfg.train.accumulate and i + 1 < len(self.sampler):
                 continue  # accumulate; the last batches of an epoch step even if fewer
-            grad_norm = self._optimizer_step()
-            logged = self.state.step % cfg.train.log_every == 0
-            # the mean loss only feeds the bar and the log (every process joins the mean)
-            if logged or not bar.disable or distributed.is_distributed():
-                loss = distributed.all_reduce_mean(torch.stack(list(losses.values())).mean())
-                if not bar.disable:
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
-                if logged:
-                    self._log_step(loss, losses, grad_norm)
+            self._report(bar, losses, self._optimizer_step())
         if self._pending is not None:
             self._resolve()  # wait for the validation of the epoch before
+
+    def _report(self, bar: Any, losses: dict[str, Tensor], grad_norm: float) -> None:
+        """The step's mean loss to the progress bar (at most as often as the bar redraws) and,
+        every ``train.log_every`` steps, to the log; on several processes every process joins
+        the mean at every step (their bars need not agree)."""
+        logged = self.state.step % self.cfg.train.log_every == 0
+        now = time.monotonic()
+        shown = not bar.disable and now - self._shown >= bar.mininterval
+        if logged or shown or distributed.is_distributed():
+            loss = distributed.all_reduce_mean(torch.stack(list(losses.values())).mean())
+            if shown:  # drawn with the bar's next update, not redrawn now
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                self._shown = now
+            if logged:
+                self._log_step(loss, losses, grad_norm)
 
     def _forward_backward(self, chunks: list[Batch], batch: Batch, plan: Any) -> dict[str, Tensor]:
         """Losses of one batch, gradients accumulated; gradient-cached when it came in chunks."""
