@@ -124,3 +124,33 @@ def test_overlapped_validation_equals_validation_in_turn(
     assert ovl_metrics == seq_metrics
     saved = json.loads((tmp_path / "True" / "metrics.json").read_text())
     assert saved == json.loads((tmp_path / "False" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("others", "threads", "expected"),
+    [
+        (0.0, None, True),  # small heads take one thread; the second core is free
+        (1.0, None, False),  # another process holds the second core
+        (0.0, 2, False),  # the steps use both cores
+        (0.0, 1, True),
+    ],
+)
+def test_validation_overlaps_only_beside_one_thread_steps_with_a_free_core(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    others: float,
+    threads: int | None,
+    expected: bool,
+) -> None:
+    import modalign.train.loop as loop
+
+    extra = [] if threads is None else [f"train.num_threads={threads}"]
+    trainer = Trainer(synthetic_config(tmp_path / "data", extra, n=300), tmp_path / "run")
+    monkeypatch.setattr(loop, "usable_cores", lambda: 2)
+    monkeypatch.setattr(loop, "runnable_others", lambda: others)
+    assert not trainer._overlaps()  # outside fit()
+    trainer._fitting = True
+    assert trainer._overlaps() is expected
+    trainer.state.epoch = trainer.cfg.train.epochs  # no epoch to come
+    assert not trainer._overlaps()
+    trainer._lock.close()

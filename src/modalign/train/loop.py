@@ -365,7 +365,9 @@ class Trainer:
         flops = mean_matmul_flops(
             self.model, rows, self.model.embed_dim, self.cfg.loss.tile_size or DEFAULT_TILE
         )
-        one = (cfg.num_threads or choose_threads(flops, torch.get_num_threads(), 2, 0)) == 1
+        one = (
+            cfg.num_threads or choose_threads(flops, torch.get_num_threads(), usable_cores(), 0)
+        ) == 1
         return one and usable_cores() - runnable_others() >= 2
 
     def _snapshot(self) -> tuple[Aligner, dict[str, Any]]:
