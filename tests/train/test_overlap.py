@@ -154,3 +154,22 @@ def test_validation_overlaps_only_beside_one_thread_steps_with_a_free_core(
     trainer.state.epoch = trainer.cfg.train.epochs  # no epoch to come
     assert not trainer._overlaps()
     trainer._lock.close()
+
+
+def test_a_checkpoint_that_fails_in_the_background_ends_the_run_with_its_error(
+    tmp_path: Path,
+) -> None:
+    from modalign.errors import DataError
+
+    class _FullDisk(Trainer):
+        def _save(self, name: str, state: dict[str, Any]) -> None:
+            if name == "last.pt" and state["state"]["epoch"] == 2:
+                raise DataError(f"{self.run_dir / name}: the disk is full")
+            super()._save(name, state)
+
+    cfg = synthetic_config(tmp_path / "data", ["train.epochs=3", "train.num_threads=1"], n=300)
+    trainer = _FullDisk(cfg, tmp_path / "run", overlap=True)
+    with pytest.raises(DataError, match="the disk is full"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["epoch"] == 1
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -197,6 +197,7 @@ class Trainer:
         self.overlap = overlap
         self._pending: _Pending | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._writes: list[Future[None]] = []  # checkpoints being written in the background
         self._fitting = False  # epochs overlap only inside fit()
         self._shown = -math.inf  # when the progress bar's loss was last updated
         distributed.init_from_env()
@@ -303,6 +304,7 @@ class Trainer:
                 break  # the epoch before, validated during this one, ended the run: it was undone
             self._end_epoch()  # validation picks its own threads: its products are larger
         self._fitting = False
+        self._wait_writes()  # best.pt is read next
         self.logger.close()
         with step_threads(self._step_threads()):
             return self.evaluate()
@@ -408,6 +410,9 @@ class Trainer:
         if self._pending is not None:
             self._pending.result.exception()  # waits; an error there does not hide this one
             self._pending, self.logger.held = None, False
+        for write in self._writes:
+            write.exception()  # waits; the error that ended the run is the one to report
+        self._writes = []
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -556,14 +561,28 @@ class Trainer:
         """
         epoch = int(record["epoch"])
         record.update(val or {})
+        self._wait_writes()  # the files of the epoch before are on disk (or raise their error)
+        save = self._save if ckpt is None else self._save_beside
         if better:
             weights = self.model.state_dict() if ckpt is None else ckpt["model"]
-            self._save("best.pt", {"model": weights, "epoch": epoch})
+            save("best.pt", {"model": weights, "epoch": epoch})
         if ckpt is None:
             self.logger.log(self.state.step, record)
             ckpt = self._checkpoint()
         self.logger.flush()  # the log holds every record up to last.pt's step
-        self._save("last.pt", ckpt)
+        save("last.pt", ckpt)
+
+    def _save_beside(self, name: str, state: dict[str, Any]) -> None:
+        """:meth:`_save` in the background thread, after its work queued before (a snapshot:
+        nothing changes it meanwhile); :meth:`_wait_writes` waits for it."""
+        assert self._pool is not None
+        self._writes.append(self._pool.submit(self._save, name, state))
+
+    def _wait_writes(self) -> None:
+        """Wait for the checkpoints written in the background; raise the first error."""
+        writes, self._writes = self._writes, []
+        for write in writes:
+            write.result()
 
     def evaluate(self) -> dict[str, float]:
         """Score the best weights on ``eval.splits``; writes and returns ``metrics.json``."""
