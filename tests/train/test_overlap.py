@@ -156,8 +156,9 @@ def test_validation_overlaps_only_beside_one_thread_steps_with_a_free_core(
     trainer._lock.close()
 
 
+@pytest.mark.parametrize("overlap", [True, False])  # checkpoints are written beside either way
 def test_a_checkpoint_that_fails_in_the_background_ends_the_run_with_its_error(
-    tmp_path: Path,
+    tmp_path: Path, overlap: bool
 ) -> None:
     from modalign.errors import DataError
 
@@ -168,7 +169,7 @@ def test_a_checkpoint_that_fails_in_the_background_ends_the_run_with_its_error(
             super()._save(name, state)
 
     cfg = synthetic_config(tmp_path / "data", ["train.epochs=3", "train.num_threads=1"], n=300)
-    trainer = _FullDisk(cfg, tmp_path / "run", overlap=True)
+    trainer = _FullDisk(cfg, tmp_path / "run", overlap=overlap)
     with pytest.raises(DataError, match="the disk is full"):
         trainer.fit()
     assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["epoch"] == 1

@@ -198,7 +198,7 @@ class Trainer:
         self._pending: _Pending | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._writes: list[Future[None]] = []  # checkpoints being written in the background
-        self._fitting = False  # epochs overlap only inside fit()
+        self._fitting = False  # work goes to the background thread only inside fit()
         self._shown = -math.inf  # when the progress bar's loss was last updated
         distributed.init_from_env()
         self.main = distributed.rank() == 0  # only the first process writes files
@@ -529,9 +529,8 @@ class Trainer:
         model, ckpt = self._snapshot()
         self.logger.log(self.state.step, record)  # here, before the next epoch's records
         self.logger.held = True  # ... and written once it holds its metrics
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="modalign-validation")
-        self._pending = _Pending(ckpt, record, self._pool.submit(self._validate_beside, model))
+        future = self._background().submit(self._validate_beside, model)
+        self._pending = _Pending(ckpt, record, future)
 
     def _judge(self, val: dict[str, float] | None, epoch: int) -> bool:
         """Early stopping's verdict on an epoch's validation (updates ``best``/``bad_epochs``):
@@ -556,27 +555,33 @@ class Trainer:
     ) -> None:
         """Write a judged epoch: ``best.pt`` if it is the best, its record, ``last.pt``.
 
-        ``ckpt``: the epoch's snapshot when it was validated in the background (its record is
-        logged already); None: the live state, which is still that epoch's end.
+        Inside ``fit`` on one process the files are written by the background thread while
+        training goes on (from a copy: the live state changes), the next write and the end of
+        ``fit`` waiting for them. ``ckpt``: the epoch's snapshot when it was validated in the
+        background (its record is logged already); None: the live state, still that epoch's end.
         """
-        epoch = int(record["epoch"])
-        record.update(val or {})
         self._wait_writes()  # the files of the epoch before are on disk (or raise their error)
-        save = self._save if ckpt is None else self._save_beside
-        if better:
-            weights = self.model.state_dict() if ckpt is None else ckpt["model"]
-            save("best.pt", {"model": weights, "epoch": epoch})
+        beside = self._fitting and not distributed.is_distributed()
+        record.update(val or {})
         if ckpt is None:
             self.logger.log(self.state.step, record)
-            ckpt = self._checkpoint()
+            ckpt = copy.deepcopy(self._checkpoint()) if beside else self._checkpoint()
+        save = self._save_beside if beside else self._save
+        if better:
+            save("best.pt", {"model": ckpt["model"], "epoch": int(record["epoch"])})
         self.logger.flush()  # the log holds every record up to last.pt's step
         save("last.pt", ckpt)
 
+    def _background(self) -> ThreadPoolExecutor:
+        """The one background thread: validations and checkpoint writes, in order."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="modalign-background")
+        return self._pool
+
     def _save_beside(self, name: str, state: dict[str, Any]) -> None:
-        """:meth:`_save` in the background thread, after its work queued before (a snapshot:
-        nothing changes it meanwhile); :meth:`_wait_writes` waits for it."""
-        assert self._pool is not None
-        self._writes.append(self._pool.submit(self._save, name, state))
+        """:meth:`_save` in the background thread, after its work queued before (``state``
+        must not change meanwhile); :meth:`_wait_writes` waits for it."""
+        self._writes.append(self._background().submit(self._save, name, state))
 
     def _wait_writes(self) -> None:
         """Wait for the checkpoints written in the background; raise the first error."""
