@@ -83,6 +83,28 @@ class _Pending:
     result: Future[dict[str, float] | None]
 
 
+def _copied(obj: Any) -> Any:
+    """A copy of nested dicts, lists and tuples, their tensors and arrays cloned, other leaves
+    (numbers, strings) shared. ``copy.deepcopy`` copied the optimiser's and RNG's small tensors
+    at about 0.75 ms each: 40 ms an epoch.
+
+    Example:
+        >>> state = {"t": torch.zeros(2), "n": [1, (2.0, "x")]}
+        >>> c = _copied(state); _ = state["t"].add_(1)
+        >>> c["t"].tolist(), c["n"] == state["n"]
+        ([0.0, 0.0], True)
+    """
+    if isinstance(obj, Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if isinstance(obj, dict):
+        return {k: _copied(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_copied(v) for v in obj)
+    return copy.copy(obj)
+
+
 def _warn_if_config_changed(cfg: Config, saved: Path) -> None:
     """Resuming with other settings is allowed, but the schedule and data order may jump: say so."""
     if not saved.exists():
@@ -376,10 +398,9 @@ class Trainer:
         """A copy of the model, and of everything ``last.pt`` holds now (its weights the copy's)."""
         model = copy.deepcopy(self.model)
         ckpt = self._checkpoint()
-        ckpt = {
-            k: model.state_dict() if k == "model" else copy.deepcopy(v) for k, v in ckpt.items()
+        return model, {
+            k: model.state_dict() if k == "model" else _copied(v) for k, v in ckpt.items()
         }
-        return model, ckpt
 
     def _validate_beside(self, model: Aligner) -> dict[str, float] | None:
         """:meth:`_validate` in the background thread, on one core (the steps hold the other)."""
@@ -565,7 +586,7 @@ class Trainer:
         record.update(val or {})
         if ckpt is None:
             self.logger.log(self.state.step, record)
-            ckpt = copy.deepcopy(self._checkpoint()) if beside else self._checkpoint()
+            ckpt = self._snapshot()[1] if beside else self._checkpoint()
         save = self._save_beside if beside else self._save
         if better:
             save("best.pt", {"model": ckpt["model"], "epoch": int(record["epoch"])})
