@@ -16,13 +16,16 @@ the loop, not the thread choice). One JSON line per config::
 
     {"config", "modalign_samples_per_s", "plain_samples_per_s", "ratio", "ratio_spread",
      "modalign_steps_samples_per_s", "ratio_steps", "ratio_steps_spread",
-     "modalign_end_epoch_share", "threads", "repeats", "gemm_gflops", "load"}
+     "modalign_end_epoch_share", "overlapped", "threads", "repeats", "gemm_gflops", "load"}
 
 ``ratio`` is the median over repeats of modalign / plain samples per second (whole epochs for
 modalign: its validation and checkpoints count against it, while the plain loop validates
 nothing and writes nothing); ``ratio_steps`` the same with only modalign's training steps timed
 (what the plain loop does); ``modalign_end_epoch_share`` the median share of modalign's epochs
-spent after the steps (validation of the val split, ``best.pt``/``last.pt``, the epoch's log).
+spent outside the steps (validation of the val split, ``best.pt``/``last.pt``, the epoch's log).
+Where the Trainer validates an epoch in a background thread while the next one trains
+(``overlapped``: one per run), the steps' time leaves out closing that epoch (waiting for its
+validation, writing its checkpoints), which counts as end of epoch.
 The plain loop starts from PyTorch's random heads, modalign from its fitted start (the config's
 ``model.head.init``, fitted before any timing); a step costs the same from either.
 ``gemm_gflops`` is the 4096^2 fp32 GEMM rate before and after the runs; ``load`` the load
@@ -91,12 +94,13 @@ def make_config(manifest: Path, name: str, epochs: int, extra: list[str]) -> Any
     return load_config(REPO / "configs" / "synthetic.yaml", overrides)
 
 
-def run_modalign(cfg: Any) -> dict[str, Any]:
+def run_modalign(cfg: Any, overlap: bool | None = None) -> dict[str, Any]:
     """``Trainer.fit`` with the end of every epoch timed; samples/s over epochs 2..n."""
     from modalign.train.loop import Trainer
 
     ends: list[float] = []
     steps_s: list[float] = []  # time in the training steps of each epoch (no validation)
+    closing: list[float] = [0.0]  # time closing an epoch validated beside the next one's steps
     threads: list[int | None] = []
 
     class TimedTrainer(Trainer):
@@ -105,9 +109,14 @@ def run_modalign(cfg: Any) -> dict[str, Any]:
             return threads[-1]
 
         def _train_epoch(self) -> None:
-            start = time.perf_counter()
+            start, closed = time.perf_counter(), closing[0]
             super()._train_epoch()
-            steps_s.append(time.perf_counter() - start)
+            steps_s.append(time.perf_counter() - start - (closing[0] - closed))
+
+        def _resolve(self) -> None:  # waits for the validation, writes best.pt and last.pt
+            start = time.perf_counter()
+            super()._resolve()
+            closing[0] += time.perf_counter() - start
 
         def _end_epoch(self) -> None:
             super()._end_epoch()
@@ -115,7 +124,7 @@ def run_modalign(cfg: Any) -> dict[str, Any]:
 
     out = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
-        trainer = TimedTrainer(cfg, out / "run")
+        trainer = TimedTrainer(cfg, out / "run", overlap=overlap)
         trainer.fit()
         samples = len(trainer.sampler) * cfg.train.batch_size
     finally:
@@ -130,6 +139,7 @@ def run_modalign(cfg: Any) -> dict[str, Any]:
         # share of epochs 2..n spent after the steps: validation, checkpoints, the epoch's log
         "end_epoch_share": 1 - sum(steps_s[1:]) / (ends[-1] - ends[0]),
         "threads": threads[-1],
+        "overlapped": closing[0] > 0,
         "dynamo_imported": "torch._dynamo" in sys.modules,
     }
 
@@ -197,7 +207,7 @@ def worker(args: argparse.Namespace) -> None:
     manifest = dataset(args.cache, args.config, args.rows)
     cfg = make_config(manifest, args.config, args.epochs, args.set)
     if args.worker == "modalign":
-        result = run_modalign(cfg)
+        result = run_modalign(cfg, {"auto": None, "on": True, "off": False}[args.overlap])
     else:
         result = run_plain(cfg, args.threads, args.plain_loss)
     print(json.dumps(result), flush=True)
@@ -214,6 +224,8 @@ def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.cache),
         "--plain-loss",
         args.plain_loss,
+        "--overlap",
+        args.overlap,
     ]
     base += [x for s in args.set for x in ("--set", s)]
     chosen: list[int] = []
@@ -241,7 +253,7 @@ def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "modalign_steps_samples_per_s": statistics.median(m_steps),
         "ratio_steps": ratio_steps["median"], "ratio_steps_spread": ratio_steps["spread"],
         "modalign_end_epoch_share": statistics.median(r["end_epoch_share"] for r in runs["modalign"]),
-        "threads": chosen, "omp_num_threads": env_threads,
+        "overlapped": [r["overlapped"] for r in runs["modalign"]], "threads": chosen, "omp_num_threads": env_threads,
         "repeats": args.repeats, "plain_loss": args.plain_loss,
         "gemm_gflops": [gemm_before, gemm_after], "load": load(),
     })  # fmt: skip
@@ -254,6 +266,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=4, help="epochs per run (2..n are timed)")
     p.add_argument("--large-rows", type=int, default=CONFIGS["large"]["rows"])
     p.add_argument("--plain-loss", choices=("engine", "functional"), default="engine")
+    p.add_argument(
+        "--overlap",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="validate each epoch beside the next one's steps (Trainer(overlap=...))",
+    )
     p.add_argument("--set", action="append", default=[], help="extra config override (both sides)")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache/modalign/bench_train")
     p.add_argument("--worker", choices=("modalign", "plain"), help=argparse.SUPPRESS)

@@ -82,3 +82,17 @@ def test_config_errors_name_the_key() -> None:
         build_objective(load_config(None, ["loss.anchor=x"]).loss, ["a", "b"], 4)
     with pytest.raises(ConfigError, match="aligns a modality with itself"):
         AllPairsObjective(["a", "b"], 4, pairs=[("a", "a")])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_total_of_unit_weights_equals_the_weighted_mean_bit_for_bit(n: int) -> None:
+    obj = AllPairsObjective(["a", "b", "c"], embed_dim=4)
+    obj.term_weights = {}
+    x = torch.randn(n, 5, dtype=torch.float32, requires_grad=True)
+    # values whose sum rounds: the order of the additions shows
+    terms = {f"t{i}": (x[i] * torch.tensor([1e7, 1.0, 3.3, -1e7, 0.1])).sum() for i in range(n)}
+    fast = obj.total(terms)
+    (g_fast,) = torch.autograd.grad(fast, x, retain_graph=True)
+    general = sum(1.0 * v for v in terms.values()) / float(n)  # what total computed before
+    (g_general,) = torch.autograd.grad(general, x)
+    assert torch.equal(fast, general) and torch.equal(g_fast, g_general)

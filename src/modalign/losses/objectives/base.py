@@ -12,6 +12,8 @@ there is none, and otherwise calls :meth:`Objective.terms` and :meth:`Objective.
 
 from __future__ import annotations
 
+import functools
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -129,7 +131,12 @@ class Objective(ABC):
         main = {k: v for k, v in terms.items() if not k.startswith(UNIFORMITY)}
         reg = [v for k, v in terms.items() if k.startswith(UNIFORMITY)]
         weights = [self.term_weights.get(k, 1.0) for k in main]
-        value = sum(w * v for w, v in zip(weights, main.values(), strict=True)) / sum(weights)
+        value: Tensor | float
+        if main and all(w == 1.0 for w in weights):  # the same sums without 0 + 1.0 * v nodes
+            value = functools.reduce(operator.add, main.values())
+            value = value / len(main) if len(main) > 1 else value  # x / 1.0 == x
+        else:
+            value = sum(w * v for w, v in zip(weights, main.values(), strict=True)) / sum(weights)
         if reg:
             value = value + self.uniformity * torch.stack(reg).mean()
         return torch.as_tensor(value)
@@ -153,9 +160,10 @@ class Objective(ABC):
 
 def global_counts(counts: list[int], device: torch.device | None = None) -> list[int]:
     """Per-term row counts summed over every process (the identity on one process)."""
+    if not distributed.is_distributed():
+        return counts
     total = torch.tensor(counts, device=device)  # on the GPU under NCCL
-    if distributed.is_distributed():
-        torch.distributed.all_reduce(total)
+    torch.distributed.all_reduce(total)
     return [int(c) for c in total.tolist()]
 
 
