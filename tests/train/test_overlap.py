@@ -174,3 +174,20 @@ def test_a_checkpoint_that_fails_in_the_background_ends_the_run_with_its_error(
         trainer.fit()
     assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["epoch"] == 1
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_an_overlapped_epoch_record_keeps_its_metrics_when_the_log_flushes_at_once(
+    tmp_path: Path,
+) -> None:
+    # the log flushes whenever flush_secs have passed since the last flush: the record of an
+    # epoch validated beside the next one must wait for its metrics even then
+    cfg = synthetic_config(tmp_path / "data", ["train.epochs=2", "train.num_threads=1"], n=300)
+    logs = []
+    for overlap in (False, True):
+        trainer = Trainer(cfg, tmp_path / str(overlap), overlap=overlap)
+        trainer.logger.flush_secs = 0.0
+        trainer.fit()
+        logs.append(read_log(tmp_path / str(overlap)))
+    epochs = [[r for r in log if "epoch" in r] for log in logs]
+    assert all(any(k.startswith("val/") for k in r) for r in epochs[1])
+    assert logs[1] == logs[0]

@@ -578,8 +578,8 @@ class Trainer:
             self._close_epoch(record, val, self._judge(val, self.state.epoch), None)
             return
         model, ckpt = self._snapshot()
-        self.logger.log(self.state.step, record)  # here, before the next epoch's records
-        self.logger.held = True  # ... and written once it holds its metrics
+        self.logger.held = True  # its record is written once it holds its metrics: held
+        self.logger.log(self.state.step, record)  # before logging it, which may flush
         future = self._background().submit(self._validate_beside, model)
         self._pending = _Pending(ckpt, record, future)
 
