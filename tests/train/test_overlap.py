@@ -191,3 +191,46 @@ def test_an_overlapped_epoch_record_keeps_its_metrics_when_the_log_flushes_at_on
     epochs = [[r for r in log if "epoch" in r] for log in logs]
     assert all(any(k.startswith("val/") for k in r) for r in epochs[1])
     assert logs[1] == logs[0]
+
+
+def test_an_undone_epoch_is_restored_before_its_checkpoint_is_queued_for_writing(
+    tmp_path: Path,
+) -> None:
+    # restoring reads the epoch's snapshot with torch's load_state_dict, and LambdaLR's pops and
+    # puts back a key of the dict it is given: done while the background thread pickles that
+    # same dict into last.pt, the write can fail ("dictionary changed size during iteration")
+    class _Watching(Trainer):
+        queued: list[dict[str, Any]] = []
+        release = threading.Event()
+
+        def _save_beside(self, name: str, state: dict[str, Any]) -> None:
+            self.queued.append(state)
+            super()._save_beside(name, state)
+
+        def _save(self, name: str, state: dict[str, Any]) -> None:
+            if name == "last.pt" and state["state"]["bad_epochs"] >= 1:  # the run's last one
+                self.release.wait(10)  # still being written when the main thread goes on
+            super()._save(name, state)
+            self.queued = [s for s in self.queued if s is not state]
+
+        def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
+            try:
+                assert not any(s is ckpt for s in self.queued), "restored while being written"
+            finally:
+                self.release.set()
+            super()._restore(ckpt, path)
+
+    cfg = synthetic_config(
+        tmp_path / "data",
+        [
+            "train.epochs=3",
+            "train.num_threads=1",
+            "train.early_stopping.mode=min",  # recall rises: epoch 2 ends the run
+            "train.early_stopping.patience=1",
+        ],
+        n=300,
+    )
+    trainer = _Watching(cfg, tmp_path / "run", overlap=True)
+    trainer.fit()
+    assert trainer.state.epoch == 2
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["epoch"] == 2

@@ -451,9 +451,9 @@ class Trainer:
         if stop:
             self.logger.discard_after(pending.ckpt["state"]["step"])
         pending.ckpt["state"].update(best=self.state.best, bad_epochs=self.state.bad_epochs)
+        if stop:  # before the background thread writes it: load_state_dict may change the dict
+            self._restore(pending.ckpt, self.run_dir / "last.pt")  # (LambdaLR pops a key)
         self._close_epoch(pending.record, val, better, pending.ckpt)
-        if stop:
-            self._restore(pending.ckpt, self.run_dir / "last.pt")
 
     def _stop_background(self) -> None:
         """Wait for a background validation (an error ended the run: its result is dropped)."""
