@@ -336,3 +336,15 @@ def test_split_by_length_groups_clips_and_skips_small_savings() -> None:
     for idx, n in parts:
         assert int(valid[idx].max()) < n <= int(valid.max()) or n == int(valid.max())
     assert len(split_by_length(torch.tensor([50, 49, 50, 48]), 50, 3)) == 1
+
+
+def test_fast_blocks_refuse_a_single_value_per_channel_in_training_as_the_reference_does() -> None:
+    # one clip of 2 frames: the second block normalises 1 frame. torch's batch norm refuses it;
+    # accepting it would pull the running variance towards 0 (the eval outputs blow up)
+    fast, plain = twin_encoders(dropout=0.0)
+    batch = frames_batch([2])
+    for enc in (plain, fast):
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            enc(batch)
+    second = fast.blocks[1][1]
+    assert second.running_var is not None and float(second.running_var.min()) == 1.0  # untouched

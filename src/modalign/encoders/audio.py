@@ -676,9 +676,12 @@ def batch_norm_rows(
             raise ValueError("batch_norm_rows: virtual rows need batch statistics (training)")
         outs = [cast("torch.Tensor", bn(x)) for x in parts]
     else:
+        n = sum(x.shape[0] for x in parts) + extra
+        if n == 1:  # as torch's batch norm: one value has no variance
+            raise ValueError("Expected more than 1 value per channel when training, got 1 row")
         fill = value if value is not None else parts[0].new_zeros(parts[0].shape[1])
         *outs, mean, var = _BatchNormRows.apply(bn.weight, bn.bias, fill, extra, bn.eps, *parts)
-        _update_running_stats(bn, mean, var, sum(x.shape[0] for x in parts) + extra)
+        _update_running_stats(bn, mean, var, n)
     return outs[0] if isinstance(rows, torch.Tensor) else outs
 
 
