@@ -348,3 +348,28 @@ def test_fast_blocks_refuse_a_single_value_per_channel_in_training_as_the_refere
             enc(batch)
     second = fast.blocks[1][1]
     assert second.running_var is not None and float(second.running_var.min()) == 1.0  # untouched
+
+
+def test_fast_blocks_match_the_reference_with_batch_statistics_in_eval_mode() -> None:
+    # a batch norm without running statistics uses the batch's own in eval mode too: the groups
+    # of clips must not be normalised each on its own
+    from modalign.encoders.audio import conv_blocks_channels_last, conv_blocks_reference
+
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(
+        torch.nn.Sequential(
+            torch.nn.Conv1d(c, 6, 3, padding=1),
+            torch.nn.BatchNorm1d(6, track_running_stats=False),
+            torch.nn.GELU(),
+        )
+        for c in (4, 6)
+    ).eval()
+    lengths = [40, 3, 38, 5, 2, 39, 4, 1]
+    x = torch.randn(len(lengths), 4, 40)
+    mask = (torch.arange(40)[None, :] < torch.tensor(lengths)[:, None]).float()[:, None, :]
+    x = x * mask
+    with torch.no_grad():
+        fast, fast_mask = conv_blocks_channels_last(blocks, x, mask)
+        plain, plain_mask = conv_blocks_reference(blocks, x, mask)
+    torch.testing.assert_close(fast_mask, plain_mask)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)

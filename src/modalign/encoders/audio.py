@@ -800,7 +800,8 @@ def _splittable(blocks: nn.ModuleList) -> bool:
     """Whether every block's norm can take virtual padding rows (:func:`batch_norm_rows`)."""
     norms = [list(block.children())[1] for block in blocks]
     return all(
-        isinstance(n, nn.BatchNorm1d) and (not n.training or (n.affine and n.track_running_stats))
+        # without running statistics, batch norm uses the batch's own in eval mode as well
+        isinstance(n, nn.BatchNorm1d) and n.track_running_stats and (not n.training or n.affine)
         for n in norms
     )
 
