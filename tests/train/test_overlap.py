@@ -234,3 +234,29 @@ def test_an_undone_epoch_is_restored_before_its_checkpoint_is_queued_for_writing
     trainer.fit()
     assert trainer.state.epoch == 2
     assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["epoch"] == 2
+
+
+def test_an_error_while_an_epoch_is_validated_beside_still_checkpoints_that_epoch(
+    tmp_path: Path,
+) -> None:
+    # a run validating in turn has epoch 1's last.pt when epoch 2 fails (Ctrl-C, an error): the
+    # run that validates beside must not lose it (its validation is awaited anyway)
+    class _Failing(Trainer):
+        failed = threading.Event()
+
+        def _validate_beside(self, model):  # type: ignore[no-untyped-def]
+            self.failed.wait(10)  # still validating when the error comes
+            return super()._validate_beside(model)
+
+        def _optimizer_step(self) -> float:
+            if self.state.epoch == 1:
+                self.failed.set()
+                raise KeyboardInterrupt
+            return super()._optimizer_step()
+
+    cfg = synthetic_config(tmp_path / "data", ["train.epochs=3", "train.num_threads=1"], n=300)
+    with pytest.raises(KeyboardInterrupt):
+        _Failing(cfg, tmp_path / "run", overlap=True).fit()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["epoch"] == 1
+    records = [r for r in read_log(tmp_path / "run") if r.get("epoch") == 1]
+    assert len(records) == 1 and any(k.startswith("val/") for k in records[0])

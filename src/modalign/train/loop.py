@@ -456,10 +456,13 @@ class Trainer:
         self._close_epoch(pending.record, val, better, pending.ckpt)
 
     def _stop_background(self) -> None:
-        """Wait for a background validation (an error ended the run: its result is dropped)."""
-        self._fitting = False
+        """Wait for a background validation (an error ended the run) and still checkpoint its
+        epoch, as a run that validated in turn had done (best effort: the first error wins)."""
+        self._fitting = False  # (what is written now, is written in this thread)
         if self._pending is not None:
-            self._pending.result.exception()  # waits; an error there does not hide this one
+            if self._pending.result.exception() is None:  # waits
+                with contextlib.suppress(Exception):
+                    self._resolve()
             self._pending, self.logger.held = None, False
         for write in self._writes:
             write.exception()  # waits; the error that ended the run is the one to report
