@@ -12,7 +12,7 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -200,7 +200,7 @@ def test_an_undone_epoch_is_restored_before_its_checkpoint_is_queued_for_writing
     # puts back a key of the dict it is given: done while the background thread pickles that
     # same dict into last.pt, the write can fail ("dictionary changed size during iteration")
     class _Watching(Trainer):
-        queued: list[dict[str, Any]] = []
+        queued: ClassVar[list[dict[str, Any]]] = []
         release = threading.Event()
 
         def _save_beside(self, name: str, state: dict[str, Any]) -> None:
