@@ -91,3 +91,23 @@ def test_hold_folder_refuses_a_second_process_and_takes_over_a_dead_ones_lock(
         hold_folder(tmp_path / "file", "x"),
     ):
         pass
+
+
+def test_atomic_writes_leave_the_process_umask_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # checkpoints are written by a background thread while training creates files: setting
+    # the umask to 0 for a moment, even to read it, would create those world-writable
+    import sys
+
+    if not Path("/proc/self/status").exists() or sys.platform != "linux":
+        pytest.skip("reads the umask from /proc")
+    calls = []
+    real = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real(mask))
+    with atomic_path(tmp_path / "f.txt") as tmp:
+        tmp.write_text("x")
+    assert calls == []
+    mask = real(0)
+    real(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~mask

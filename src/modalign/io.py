@@ -62,6 +62,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def _umask() -> int:
+    """The process's umask: read from /proc where it is there, since setting it to read it
+    changes it for every thread for a moment (checkpoints are written beside training)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask
