@@ -104,7 +104,7 @@ def _copied(obj: Any, cpu: bool = False) -> Any:
     if isinstance(obj, dict):  # a state dict's OrderedDict keeps its type and _metadata
         out = type(obj)((k, _copied(v, cpu)) for k, v in obj.items())
         if hasattr(obj, "_metadata"):
-            out._metadata = copy.deepcopy(obj._metadata)
+            out._metadata = copy.deepcopy(obj._metadata)  # type: ignore[attr-defined]
         return out
     if isinstance(obj, list | tuple):
         return type(obj)(_copied(v, cpu) for v in obj)
