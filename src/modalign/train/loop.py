@@ -613,19 +613,20 @@ class Trainer:
     ) -> None:
         """Write a judged epoch: ``best.pt`` if it is the best, its record, ``last.pt``.
 
-        Inside ``fit`` on one process the files are written by the background thread while
-        training goes on (from a copy: the live state changes), the next write and the end of
-        ``fit`` waiting for them. ``ckpt``: the epoch's snapshot when it was validated in the
-        background (its record is logged already); None: the live state, still that epoch's end.
+        ``ckpt``: the epoch's snapshot when it was validated in the background (its record is
+        logged already); its files are then written by the background thread too, beside the
+        steps (one thread, a core free), the next write and the end of ``fit`` waiting for them.
+        None: the live state, still that epoch's end, written now. Not in the background then:
+        beside steps on every core, a writer thread stalls them at each barrier, and at the
+        next epoch's start it counts as load, so the steps would get one thread (the large
+        config of ``bench_train.py`` ran at half speed).
         """
         self._wait_writes()  # the files of the epoch before are on disk (or raise their error)
-        beside = self._fitting and not distributed.is_distributed()
+        beside = ckpt is not None and self._fitting and not distributed.is_distributed()
         record.update(val or {})
         if ckpt is None:
             self.logger.log(self.state.step, record)
-            # written later: a copy of the live state (not of the whole model, whose frozen
-            # encoders nothing changes), on the CPU
-            ckpt = _copied(self._checkpoint(), cpu=True) if beside else self._checkpoint()
+            ckpt = self._checkpoint()
         save = self._save_beside if beside else self._save
         if better:
             save("best.pt", {"model": ckpt["model"], "epoch": int(record["epoch"])})
