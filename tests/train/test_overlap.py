@@ -262,18 +262,17 @@ def test_an_error_while_an_epoch_is_validated_beside_still_checkpoints_that_epoc
     assert len(records) == 1 and any(k.startswith("val/") for k in records[0])
 
 
-def test_background_checkpoint_copy_is_a_cpu_state_dict_with_metadata():
-    """The copy a background write saves: tensors cloned onto the CPU (no accelerator memory
-    held), a state dict still an OrderedDict with its ``_metadata`` (module versions)."""
+def test_snapshot_copy_keeps_a_state_dict_with_metadata():
+    """A snapshot's copy: tensors cloned, a state dict still an OrderedDict with its
+    ``_metadata`` (module versions, which loading reads)."""
     from modalign.train.loop import _copied
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     state = model.state_dict()
-    copied = _copied({"model": state, "n": [1, (2.0, "x")]}, cpu=True)["model"]
+    copied = _copied({"model": state, "n": [1, (2.0, "x")]})["model"]
     assert type(copied) is type(state)
     assert copied._metadata == state._metadata
     for key, tensor in state.items():
-        assert copied[key].device.type == "cpu"
         assert torch.equal(copied[key], tensor)
         assert copied[key].data_ptr() != tensor.data_ptr()
     model.load_state_dict(copied)
