@@ -138,3 +138,41 @@ def test_length_sorted_text_features_equal_unsorted(tmp_path: Path) -> None:
     np.testing.assert_allclose(a.array, b.array, rtol=0, atol=1e-6)
     plain = enc.model.encode(texts, batch_size=6, normalize_embeddings=True)
     np.testing.assert_allclose(a.array, plain, rtol=0, atol=1e-6)
+
+
+# A process that lists the feature cache late (here: two seconds late, on rank 1) must still
+# compute its share of the plan every process made from the same listing.
+SLOW_LISTER = textwrap.dedent(
+    """
+    import sys, time
+    from modalign import distributed
+    from modalign.cli import main
+    from modalign.features.cache import FeatureCache
+
+    assert distributed.init_from_env(backend="gloo")
+    if distributed.rank() == 1:
+        listing = FeatureCache.keys
+        def late(self):
+            time.sleep(2.0)
+            return listing(self)
+        FeatureCache.keys = late
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_a_process_listing_the_cache_late_loses_no_rows(tmp_path: Path) -> None:
+    manifest = write_clips(tmp_path, n=11)
+    args = ["embed", "--manifest", str(manifest), "--encoder", "sound=audio_logmel_stats"]
+    args += ["--option", "sound.n_mels=16", "--batch-size", "3", "--workers", "0", "--no-progress"]
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_LISTER)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    done = subprocess.run(
+        [*cmd, str(script), *args, "--out-dir", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(FeatureStore.open(tmp_path / "two" / "sound.npy").ids) == 11

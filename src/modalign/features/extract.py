@@ -245,6 +245,9 @@ def embed_cells(
     sources, keys = item_keys(cells, encoder, resolve)
     distributed.barrier()  # nobody lists the cache while another process is already filling it
     done = cache.keys()
+    # ... and nobody adds to it before every process has listed it: a process listing late would
+    # see another's new shard, plan other batches, and its share of the old plan went missing
+    distributed.barrier()
     todo = [i for i, k in enumerate(keys) if k not in done]
     batches = plan_batches(todo, sources, encoder, batch_size or encoder.preferred_batch_size)
     mine = batches[distributed.rank() :: distributed.world_size()]

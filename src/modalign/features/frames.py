@@ -199,6 +199,7 @@ def fill_frame_cache(
     distributed.barrier()  # no process lists the cache while another is already filling it
     cache.refresh()
     missing = [p for p in resolved if file_key(Path(p)) not in cache]
+    distributed.barrier()  # ... nor adds to it before every process has listed it
     mine = missing[distributed.rank() :: distributed.world_size()]
     error = None
     try:
