@@ -140,23 +140,37 @@ def test_length_sorted_text_features_equal_unsorted(tmp_path: Path) -> None:
     np.testing.assert_allclose(a.array, plain, rtol=0, atol=1e-6)
 
 
-# A process that lists the feature cache late (here: two seconds late, on rank 1) must still
-# compute its share of the plan every process made from the same listing.
+# A process that lists a cache late (here: two seconds late, on rank 1) must still compute its
+# share of the plan every process made from the same listing: the frame cache (clips in shards
+# of 2, so the other process writes early), then the feature cache of `modalign embed`.
 SLOW_LISTER = textwrap.dedent(
     """
-    import sys, time
+    import json, sys, time
+    from pathlib import Path
     from modalign import distributed
     from modalign.cli import main
+    from modalign.encoders.audio import ConvAudioEncoder
     from modalign.features.cache import FeatureCache
+    from modalign.features.frames import FrameCache, fill_frame_cache
 
+    def late(method):
+        def wrapper(self):
+            time.sleep(2.0)
+            return method(self)
+        return wrapper
+
+    folder = Path(sys.argv[1])
     assert distributed.init_from_env(backend="gloo")
     if distributed.rank() == 1:
-        listing = FeatureCache.keys
-        def late(self):
-            time.sleep(2.0)
-            return listing(self)
-        FeatureCache.keys = late
-    sys.exit(main(sys.argv[1:]))
+        FeatureCache.keys = late(FeatureCache.keys)
+        FrameCache.refresh = late(FrameCache.refresh)
+    enc = ConvAudioEncoder("sound", n_mels=16, channels=(4,), output_dim=2)
+    cache = FrameCache(folder / "frames", enc.frame_key())
+    paths = sorted(folder.glob("c*.wav"))
+    fill_frame_cache(enc, paths, cache, num_workers=0, shard_size=2, progress=False)
+    seen = sum(cache.lookup(p) is not None for p in paths)
+    (folder / f"frames{distributed.rank()}.json").write_text(json.dumps(seen))
+    sys.exit(main(sys.argv[2:]))
     """
 )
 
@@ -171,8 +185,9 @@ def test_a_process_listing_the_cache_late_loses_no_rows(tmp_path: Path) -> None:
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     done = subprocess.run(
-        [*cmd, str(script), *args, "--out-dir", str(tmp_path / "two")],
+        [*cmd, str(script), str(tmp_path), *args, "--out-dir", str(tmp_path / "two")],
         capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert [json.loads((tmp_path / f"frames{r}.json").read_text()) for r in range(2)] == [11, 11]
     assert len(FeatureStore.open(tmp_path / "two" / "sound.npy").ids) == 11
