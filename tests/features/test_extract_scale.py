@@ -58,21 +58,35 @@ def write_clips(folder: Path, n: int) -> Path:
     return folder / "m.csv"
 
 
-def test_two_processes_write_the_store_of_one(tmp_path: Path) -> None:
-    manifest = write_clips(tmp_path, n=11)
+def embed_args(manifest: Path) -> list[str]:
+    """``modalign embed`` of the clips' log-mel statistics in batches of 3 (no ``--out-dir``)."""
     args = ["embed", "--manifest", str(manifest), "--encoder", "sound=audio_logmel_stats"]
-    args += ["--option", "sound.n_mels=16", "--batch-size", "3", "--workers", "0", "--no-progress"]
-    assert main([*args, "--out-dir", str(tmp_path / "one")]) == 0
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    args += ["--option", "sound.n_mels=16", "--batch-size", "3", "--workers", "0"]
+    return [*args, "--no-progress"]
+
+
+def run_two_processes(
+    folder: Path, worker: str, args: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``worker`` (a script's text) under torchrun in two gloo processes, as
+    ``worker FOLDER ARGS --out-dir FOLDER/two``; fails the test if it fails."""
+    script = folder / "worker.py"
+    script.write_text(worker)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     done = subprocess.run(
-        [*cmd, str(script), str(tmp_path), *args, "--out-dir", str(tmp_path / "two")],
+        [*cmd, str(script), str(folder), *args, "--out-dir", str(folder / "two")],
         capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_processes_write_the_store_of_one(tmp_path: Path) -> None:
+    args = embed_args(write_clips(tmp_path, n=11))
+    assert main([*args, "--out-dir", str(tmp_path / "one")]) == 0
+    done = run_two_processes(tmp_path, WORKER, args)
     for name in ("sound.npy", "sound.ids.json"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
     shards = list((tmp_path / "two" / "cache" / "sound").glob("*/shard-*.npz"))
@@ -176,18 +190,6 @@ SLOW_LISTER = textwrap.dedent(
 
 
 def test_a_process_listing_the_cache_late_loses_no_rows(tmp_path: Path) -> None:
-    manifest = write_clips(tmp_path, n=11)
-    args = ["embed", "--manifest", str(manifest), "--encoder", "sound=audio_logmel_stats"]
-    args += ["--option", "sound.n_mels=16", "--batch-size", "3", "--workers", "0", "--no-progress"]
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW_LISTER)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    done = subprocess.run(
-        [*cmd, str(script), str(tmp_path), *args, "--out-dir", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_two_processes(tmp_path, SLOW_LISTER, embed_args(write_clips(tmp_path, n=11)))
     assert [json.loads((tmp_path / f"frames{r}.json").read_text()) for r in range(2)] == [11, 11]
     assert len(FeatureStore.open(tmp_path / "two" / "sound.npy").ids) == 11
