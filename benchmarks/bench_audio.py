@@ -6,13 +6,16 @@ differ only in ``data.frame_cache`` (null: decode and resample every file every 
 read cached log-mel frames) and in the encoder's ``fast`` option (False: the plain reference
 blocks). Three methods run alternated (A, B, C, A, B, C, ...):
 
-* ``decode_ref``: decoding, reference blocks: the code before the frame cache and the fast blocks;
-* ``decode``: decoding, fast blocks (the same network as ``cached``);
-* ``cached``: frame cache, fast blocks (the default now).
+* ``decode_ref``: decoding, reference blocks, batches read between steps: the code before the
+  frame cache, the fast blocks and the prefetching thread;
+* ``decode``: decoding, fast blocks (the same network as ``cached``), the current loop;
+* ``cached``: frame cache, fast blocks, the current loop (the default now).
 
 Each method runs in its own process (spawned once, then asked for one epoch at a time), since
 the current encoder tunes glibc's malloc for its whole process (``modalign.memory``) and the code
-before did not: ``decode_ref`` runs with ``MODALIGN_MALLOC_TUNING=0``.
+before did not: ``decode_ref`` runs with ``MODALIGN_MALLOC_TUNING=0`` and
+``Trainer(prefetch=False)``. The current loop reads the next batches in a thread beside
+one-thread steps (``modalign.data.prefetch``); with two threads on two cores it does not.
 
 ``ratio`` is decode_ref / cached (the speed-up over the code before both), ``ratio_same_net``
 decode / cached (what the frame cache alone gives for the current network), each the median of
@@ -80,6 +83,7 @@ def make_trainer(
     fast: bool,
     channels: str | None,
     sampler: str = "unique_groups",
+    prefetch: bool | None = None,
 ) -> object:
     from modalign.config import load_config
     from modalign.train.loop import Trainer
@@ -102,7 +106,7 @@ def make_trainer(
             f"train.sampler={sampler}",
         ],
     )
-    return Trainer(cfg, run_dir)
+    return Trainer(cfg, run_dir, prefetch=prefetch)
 
 
 def _threads() -> int:
@@ -116,17 +120,18 @@ def epoch_worker(conn: Connection, spec: dict[str, Any]) -> None:
 
     Its own process, because ``modalign.memory.reuse_freed_memory`` (which the current encoder
     calls) changes glibc's malloc for the whole process: ``decode_ref`` runs without it
-    (``MODALIGN_MALLOC_TUNING=0``), as the code before did. Sends ``build_s`` once (for
-    ``cached``: filling the frame cache), then ``(wall_s, cpu_s)`` per epoch.
+    (``MODALIGN_MALLOC_TUNING=0``) and reads its batches between steps (``prefetch=False``), as
+    the code before did. Sends ``build_s`` once (for ``cached``: filling the frame cache), then
+    ``(wall_s, cpu_s)`` per epoch.
     """
-    if not spec["tuning"]:
+    if not spec["current"]:
         os.environ["MODALIGN_MALLOC_TUNING"] = "0"
     import torch
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     start = time.perf_counter()
-    trainer = make_trainer(*spec["args"])
+    trainer = make_trainer(*spec["args"], prefetch=None if spec["current"] else False)
     conn.send(time.perf_counter() - start)
     while conn.recv():
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -159,7 +164,7 @@ def main() -> None:
     runs = Path(tempfile.mkdtemp(prefix="bench-audio-runs-"))
     frames = runs / "frames"  # a fresh cache: its fill is timed, not assumed
     common = (args.workers,)
-    specs = {  # name -> (make_trainer arguments, malloc tuning)
+    specs = {  # name -> (make_trainer arguments, the current code: malloc tuning, prefetching)
         "decode_ref": (
             (manifest, "null", runs / "decode_ref", *common, False, args.channels),
             False,
@@ -172,9 +177,9 @@ def main() -> None:
     }
     ctx = mp.get_context("spawn")
     conns, procs = {}, []
-    for name, (make_args, tuning) in specs.items():
+    for name, (make_args, current) in specs.items():
         ours, theirs = ctx.Pipe()
-        spec = {"args": make_args, "tuning": tuning, "threads": args.threads}
+        spec = {"args": make_args, "current": current, "threads": args.threads}
         procs.append(ctx.Process(target=epoch_worker, args=(theirs, spec)))
         procs[-1].start()
         conns[name] = ours

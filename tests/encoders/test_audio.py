@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from modalign.encoders.audio import (
+    AudioFileEncoder,
     ConvAudioEncoder,
     LogMelSpectrogram,
     LogMelStatsEncoder,
@@ -147,10 +148,30 @@ def test_logmel_stats_on_generated_and_real_clips(tmp_path: Path) -> None:
 
 
 def frames_batch(lengths: list[int], n_mels: int = 24) -> dict[str, torch.Tensor]:
-    """A padded log-mel batch as the frame cache gives it: clips of odd and even lengths."""
+    """A padded log-mel batch as the frame cache gives it (not standardised, as it is when
+    augmenting): clips of odd and even lengths."""
     gen = torch.Generator().manual_seed(1)
     enc = ConvAudioEncoder("sound", n_mels=n_mels, channels=(4,), output_dim=2)
-    return enc.collate([torch.randn(n_mels, n, generator=gen) for n in lengths])
+    return AudioFileEncoder.collate(enc, [torch.randn(n_mels, n, generator=gen) for n in lengths])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_frames_standardised_by_collate_give_the_outputs_of_standardising_the_batch(
+    fast: bool,
+) -> None:
+    gen = torch.Generator().manual_seed(2)
+    clips = [torch.randn(24, n, generator=gen) * 3 - 7 for n in (37, 20, 1, 36, 9)]
+    torch.manual_seed(0)
+    enc = ConvAudioEncoder("sound", n_mels=24, channels=(12, 16), dropout=0.0, fast=fast)
+    batch = enc.collate(clips)
+    assert set(batch) == {"standardised", "frames"}
+    assert batch["standardised"].transpose(1, 2).is_contiguous()  # frames last
+    raw = AudioFileEncoder.collate(enc, clips)  # the batch forward standardises itself
+    for mode in (enc.train, enc.eval):
+        mode()
+        torch.testing.assert_close(enc(batch), enc(raw), rtol=1e-5, atol=1e-5)
+    augmenting = ConvAudioEncoder("sound", n_mels=24, augment={"time_masks": 1})
+    assert set(augmenting.collate(clips)) == {"logmel", "frames"}  # augmented before standardising
 
 
 def twin_encoders(**options: object) -> tuple[ConvAudioEncoder, ConvAudioEncoder]:

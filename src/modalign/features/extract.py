@@ -207,6 +207,7 @@ def _compute(
         num_workers=workers,
         collate_fn=_Collate(encoder),
         worker_init_fn=_one_thread if workers else None,
+        generator=torch.Generator(),  # its workers' seed: not a draw from the run's generator
     )
     skipped: dict[str, int] = {}
     total = sum(len(b) for b in batches)

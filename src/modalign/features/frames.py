@@ -234,11 +234,13 @@ def _decode_into(
         batch_size=None,
         num_workers=workers,
         worker_init_fn=_one_thread if workers else None,
+        generator=torch.Generator(),  # its workers' seed: not a draw from the run's generator
     )
     keys: list[str] = []
     frames: list[np.ndarray] = []
     desc = f"frames {encoder.modality} (once)"
-    for i, item in tqdm(loader, total=len(paths), desc=desc, disable=not progress):
+    # an iterator: tqdm.auto calls iter() on an iterable once more, starting the workers twice
+    for i, item in tqdm(iter(loader), total=len(paths), desc=desc, disable=not progress):
         if isinstance(item, str):
             raise DataError(item)
         keys.append(file_key(Path(paths[i])))

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from modalign import distributed
 from modalign.config import Config, TrainConfig, save_config
 from modalign.data.paired import Batch, BatchDataset, EpochBatches, PairedData, merge_chunks
+from modalign.data.prefetch import Prefetch
 from modalign.data.samplers import build_sampler
 from modalign.errors import ConfigError, DataError
 from modalign.io import hold_folder, write_json_atomic
@@ -241,14 +242,21 @@ class Trainer:
     """Runs one training job into a run folder. ``Trainer(cfg, run_dir).fit()``.
 
     ``overlap``: validate each epoch in a background thread while the next one trains (see
-    :meth:`_overlaps`); None decides from the machine, True/False force it (results are the same).
+    :meth:`_overlaps`); ``prefetch``: read the next batches in a background thread (see
+    :meth:`_prefetches`). None decides from the machine, True/False force it (results are the
+    same either way).
     """
 
     def __init__(
-        self, cfg: Config, run_dir: Path, resume: bool = False, overlap: bool | None = None
+        self,
+        cfg: Config,
+        run_dir: Path,
+        resume: bool = False,
+        overlap: bool | None = None,
+        prefetch: bool | None = None,
     ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.overlap = overlap
+        self.overlap, self.prefetch = overlap, prefetch
         self._pending: _Pending | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._writes: list[Future[None]] = []  # checkpoints being written in the background
@@ -486,29 +494,54 @@ class Trainer:
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         self.sampler.set_epoch(self.state.epoch)
+        # one iterator, made here: it draws its seed from the global generator at this point of
+        # the run whatever reads it (tqdm.auto would iterate an iterable twice, drawing twice)
+        batches = iter(self.loader)
+        prefetch = (  # the next batches read on the free core
+            Prefetch(batches, setup=lambda: torch.set_num_threads(1))
+            if self._prefetches()
+            else None
+        )
         bar = tqdm(
-            self.loader,
+            prefetch or batches,
             desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs}",
+            total=len(self.loader),
             leave=False,
             dynamic_ncols=True,
             disable=None,
         )
-        for i, chunks in enumerate(bar):
-            if self._pending is not None and self._pending.result.done():
-                self._resolve()  # the epoch before is validated: close it
-                if self.state.bad_epochs >= cfg.train.early_stopping.patience:
-                    bar.close()
-                    return  # ... it ended the run, and this epoch was undone
-            batch = merge_chunks(chunks)
-            plan = self.objective.plan(batch.present, self.device)
-            if not plan:
-                continue
-            losses = self._forward_backward(chunks, batch, plan)
-            if (i + 1) % cfg.train.accumulate and i + 1 < len(self.sampler):
-                continue  # accumulate; the last batches of an epoch step even if fewer
-            self._report(bar, losses, self._optimizer_step())
+        with bar, prefetch or contextlib.nullcontext():
+            for i, chunks in enumerate(bar):
+                if self._pending is not None and self._pending.result.done():
+                    self._resolve()  # the epoch before is validated: close it
+                    if self.state.bad_epochs >= cfg.train.early_stopping.patience:
+                        return  # ... it ended the run, and this epoch was undone
+                batch = merge_chunks(chunks)
+                plan = self.objective.plan(batch.present, self.device)
+                if not plan:
+                    continue
+                losses = self._forward_backward(chunks, batch, plan)
+                if (i + 1) % cfg.train.accumulate and i + 1 < len(self.sampler):
+                    continue  # accumulate; the last batches of an epoch step even if fewer
+                self._report(bar, losses, self._optimizer_step())
         if self._pending is not None:
             self._resolve()  # wait for the validation of the epoch before
+
+    def _prefetches(self) -> bool:
+        """Whether this epoch's batches are read in a background thread (:mod:`modalign.data.prefetch`).
+        By default where the loader reads in this process (``train.num_workers: 0``), some input
+        is read raw (features from a store are a cheap gather: a thread would cost more than it
+        saves), and the steps leave a core to it (``torch.get_num_threads()``, set for the
+        epoch, is below the cores; a GPU step holds one core). Other processes' load is not
+        counted: the reading is work the epoch does anyway, and beside one-thread steps it
+        stalls no barrier."""
+        if self.prefetch is not None:
+            return self.prefetch
+        data = self.parts.data
+        if self.cfg.train.num_workers or set(data.stores) == set(data.modalities):
+            return False
+        step = torch.get_num_threads() if self.device.type == "cpu" else 1
+        return usable_cores() > step
 
     def _report(self, bar: Any, losses: dict[str, Tensor], grad_norm: float) -> None:
         """The step's mean loss to the progress bar (at most as often as the bar redraws) and,
