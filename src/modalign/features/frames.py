@@ -125,7 +125,7 @@ class FrameCache:
     def lookup(self, path: str | Path) -> np.ndarray | None:
         """The (T, C) frames of a file as it is now (None when missing or changed since)."""
         try:
-            key = file_key(Path(path))
+            key = file_key(path)
         except OSError:
             return None
         return self.get(key) if key in self._where else None
