@@ -910,10 +910,10 @@ def _block_groups(
     clips; ``full``: the frames the reference computes (B * T), the rest counted as virtual."""
     conv, norm, act = cast("tuple[nn.Conv1d, nn.Module, nn.Module]", tuple(block.children()))
     rows = []
+    # the weight in the inputs' layout once, not a copy per group (and its gradient summed once)
+    weight = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
     for h in hs:  # (B_g, T_g, C) memory seen as a channels-last (B_g, C, 1, T_g) tensor
-        y = F.conv2d(
-            h.transpose(1, 2).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, padding=(0, 1)
-        )
+        y = F.conv2d(h.transpose(1, 2).unsqueeze(2), weight, conv.bias, padding=(0, 1))
         rows.append(y.squeeze(2).transpose(1, 2).reshape(-1, y.shape[1]))  # (B_g * T_g, C') view
     extra = full - sum(r.shape[0] for r in rows) if norm.training else 0
     normed = batch_norm_rows(norm, rows, extra, conv.bias)
