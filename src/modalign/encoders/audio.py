@@ -372,7 +372,9 @@ class AudioFileEncoder(Encoder):
         frames = self.frame_cache.lookup(cell)  # (frames, M) view of a memory map, or None
         if frames is None:  # a file added or changed since the cache was filled
             frames = self.decode_frames(cell)
-        return torch.from_numpy(np.array(frames)).T  # (M, frames): a copy (torch.tensor: 1.6x slower)
+        return torch.from_numpy(
+            np.array(frames)
+        ).T  # (M, frames): a copy (torch.tensor: 1.6x slower)
 
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         if items[0].dim() == 2:  # log-mel frames from the frame cache: (M, frames) each
@@ -535,16 +537,16 @@ class ConvAudioEncoder(AudioFileEncoder):
         if self.fast and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             if x is None:
                 x = standardise_frames_last(logmel, mask)  # (B, M, T) view of (B, T, M) memory
-            x, mask = conv_blocks_channels_last(self.blocks, x, mask)
-        else:  # a trace must not bake in this batch's clip lengths (the fast path indexes them)
-            if x is None:
-                mean, std = masked_mean_std(logmel, mask)
-                x = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask  # padding is 0
-            x, mask = conv_blocks_reference(self.blocks, x, mask)
-        # mean and max over each clip's frames, read frames-last (the fast blocks' memory)
-        rows, keep = x.transpose(1, 2), mask.transpose(1, 2)  # (B, T', C), (B, T', 1)
-        avg = torch.bmm(mask, rows)[:, 0] / mask.sum(-1).clamp_min(1.0)  # (B, C)
-        top = rows.masked_fill(keep == 0, float("-inf")).amax(1)  # (B, C)
+            pooled = mean_max_channels_last(self.blocks, x, mask[:, 0].sum(-1).to(torch.int64))
+            return self.out(pooled)
+        # the reference; a trace must not bake in this batch's clip lengths (the fast path
+        # indexes them)
+        if x is None:
+            mean, std = masked_mean_std(logmel, mask)
+            x = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask  # padding is 0
+        x, mask = conv_blocks_reference(self.blocks, x, mask)
+        avg = (x * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)  # (B, C)
+        top = x.masked_fill(mask == 0, float("-inf")).amax(-1)  # (B, C)
         return self.out(torch.cat([avg, top], dim=-1))
 
 
@@ -879,6 +881,33 @@ def conv_blocks_channels_last(
         [True, True]
     """
     valid = mask[:, 0].sum(-1).to(torch.int64)  # (B,) frames inside each clip
+    batch = x.shape[0]
+    parts, hs, _, frames = _blocks_by_groups(blocks, x, valid)
+    if len(parts) == 1:
+        h = hs[0]
+    else:  # back in the batch's order, zero-padded to the batch's frames
+        h = hs[0].new_zeros(batch, frames, hs[0].shape[2])  # (B, T', C)
+        for (idx, _), part in zip(parts, hs, strict=True):
+            h[idx, : part.shape[1]] = part
+    for _ in blocks:
+        valid = (valid + 1) // 2
+    keep = torch.arange(frames, device=h.device) < valid[:, None]  # (B, T')
+    return h.transpose(1, 2), keep[:, None, :].to(h.dtype)
+
+
+def _blocks_by_groups(
+    blocks: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor
+) -> tuple[list[tuple[torch.Tensor, int]], list[torch.Tensor], list[torch.Tensor], int]:
+    """The fast blocks over groups of clips of similar length (:func:`split_by_length`).
+
+    Args:
+        blocks: the (conv, batch norm, GELU) blocks. x: (B, C, T) inputs, 0 on padding, any
+            layout (frames-last memory is read without a copy). valid: (B,) frames per clip.
+
+    Returns:
+        The groups (batch indices, frames), each group's (B_g, T_g', C') outputs, its (B_g,)
+        valid output frames, and the batch's output frames T'.
+    """
     batch, frames = x.shape[0], x.shape[-1]
     whole = [(torch.arange(batch, device=x.device), frames)]
     parts = split_by_length(valid, frames, len(blocks)) if _splittable(blocks) else whole
@@ -891,16 +920,40 @@ def conv_blocks_channels_last(
     for block in blocks:
         hs, frames = _block_groups(block, hs, valids, batch * frames), (frames + 1) // 2
         valids = [(v + 1) // 2 for v in valids]  # a pooled frame is valid if any input was
+    return parts, hs, valids, frames
+
+
+def mean_max_channels_last(
+    blocks: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """``audio_conv``'s fast blocks, then each clip's mean and max over its valid output frames:
+    (B, 2 * C'), as :func:`conv_blocks_channels_last` and the masked mean and max of
+    ``ConvAudioEncoder.forward``, but pooled group by group: the groups' outputs are never
+    put back into one padded (B, T', C') batch (a zero fill, a scatter and their backward).
+
+    Args:
+        blocks: the blocks. x: (B, C, T) standardised inputs, 0 on padding. valid: (B,) frames.
+
+    Example:
+        >>> enc = ConvAudioEncoder("sound", n_mels=4, channels=(3, 5), output_dim=2)
+        >>> x, valid = torch.randn(3, 4, 9), torch.tensor([9, 4, 2])
+        >>> x = x * (torch.arange(9) < valid[:, None])[:, None]
+        >>> h, mask = conv_blocks_channels_last(enc.blocks, x, (torch.arange(9) < valid[:, None])[:, None].float())
+        >>> plain = torch.cat([(h * mask).sum(-1) / mask.sum(-1), h.masked_fill(mask == 0, -torch.inf).amax(-1)], -1)
+        >>> torch.allclose(mean_max_channels_last(enc.blocks, x, valid), plain, atol=1e-6)
+        True
+    """
+    parts, hs, valids, _ = _blocks_by_groups(blocks, x, valid)
+    pooled = []
+    for h, v in zip(hs, valids, strict=True):  # (B_g, T_g', C'), (B_g,)
+        keep = (torch.arange(h.shape[1], device=h.device) < v[:, None]).to(h.dtype)  # (B_g, T_g')
+        avg = torch.bmm(keep[:, None], h)[:, 0] / v[:, None].clamp_min(1)  # (B_g, C')
+        top = h.masked_fill(keep[..., None] == 0, float("-inf")).amax(1)  # (B_g, C')
+        pooled.append(torch.cat([avg, top], dim=-1))
     if len(parts) == 1:
-        h = hs[0]
-    else:  # back in the batch's order, zero-padded to the batch's frames
-        h = hs[0].new_zeros(batch, frames, hs[0].shape[2])  # (B, T', C)
-        for (idx, _), part in zip(parts, hs, strict=True):
-            h[idx, : part.shape[1]] = part
-    for _ in blocks:
-        valid = (valid + 1) // 2
-    keep = torch.arange(frames, device=h.device) < valid[:, None]  # (B, T')
-    return h.transpose(1, 2), keep[:, None, :].to(h.dtype)
+        return pooled[0]
+    order = torch.argsort(torch.cat([idx for idx, _ in parts]))  # back in the batch's order
+    return torch.cat(pooled)[order]
 
 
 def _block_groups(
