@@ -1,7 +1,8 @@
 """Where one cached training epoch of ``audio_conv`` goes: reading and collating frames, the
-encoder's forward (standardisation, blocks, the rest), backward with the loss, the optimiser.
+encoder's forward (blocks and pooling, the rest), backward with the loss, the optimiser.
 
-Builds the trainer of ``bench_audio.py`` (frame cache, fast blocks, one intra-op thread), runs
+Builds the trainer of ``bench_audio.py`` (frame cache, fast blocks, one intra-op thread, batches
+read between the steps: a training run reads them in a thread beside one-thread steps), runs
 one epoch to warm up, then one epoch with the trainer's parts wrapped in timers of the thread's
 CPU time (``time.thread_time``: the machine's other processes change it far less than wall
 time). ``backward`` is the forward-loss-backward call less the sound encoder's forward (the text
@@ -62,8 +63,9 @@ class TimedLoader:
                 self.acc["loader"] += time.thread_time() - start
             sound = merge_chunks(batch).inputs.get("sound")
             if isinstance(sound, dict) and "frames" in sound:
+                frames = sound.get("standardised", sound.get("logmel"))
                 self.acc["valid_frames"] += int(sound["frames"].sum())
-                self.acc["computed_frames"] += sound["frames"].numel() * sound["logmel"].shape[-1]
+                self.acc["computed_frames"] += sound["frames"].numel() * frames.shape[-1]
             yield batch
 
 
@@ -79,13 +81,17 @@ def main() -> None:
     manifest = write_clips(Path(args.folder), args.clips)
     runs = Path(tempfile.mkdtemp(prefix="bench-audio-parts-"))
     frames = str(Path(args.folder) / "frames")  # kept between runs (keyed by file and settings)
-    trainer: Any = make_trainer(manifest, frames, runs / "run", 0, True, None, args.sampler)
+    # batches read between the steps (no prefetching thread): every part on this thread
+    trainer: Any = make_trainer(
+        manifest, frames, runs / "run", 0, True, None, args.sampler, prefetch=False
+    )
     trainer._train_epoch()  # warm-up
     acc: Counter[str] = Counter()
+    # frames are standardised by the encoder's collate (in the loader) unless augmenting
     audio.standardise_frames_last = timed(
         acc, "forward: standardise", audio.standardise_frames_last
     )
-    audio.conv_blocks_channels_last = timed(acc, "forward: blocks", audio.conv_blocks_channels_last)
+    audio.mean_max_channels_last = timed(acc, "forward: blocks", audio.mean_max_channels_last)
     forward = audio.ConvAudioEncoder.forward
     audio.ConvAudioEncoder.forward = timed(acc, "forward: sound encoder", forward)  # type: ignore[method-assign]
     trainer._forward_backward = timed(acc, "forward, loss, backward", trainer._forward_backward)

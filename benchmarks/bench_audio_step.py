@@ -37,7 +37,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from modalign.encoders.audio import ConvAudioEncoder, _PairMax, batch_norm_rows
+from modalign.encoders.audio import AudioFileEncoder, ConvAudioEncoder, _PairMax, batch_norm_rows
 
 BATCH, N_MELS = 128, 64
 
@@ -48,8 +48,8 @@ def clip_batches(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
     lengths = sorted(int(n) for n in torch.randint(101, 302, (BATCH,), generator=gen))
     middle = lengths[BATCH // 2 - 4 : BATCH // 2 + 4] * (BATCH // 8)  # 8 lengths near the median
     enc = ConvAudioEncoder("sound", n_mels=N_MELS, channels=(4,), output_dim=2)
-    return {
-        name: enc.collate([torch.randn(N_MELS, n, generator=gen) for n in ns])
+    return {  # log-mels as the forward standardises them (``collate`` would standardise them)
+        name: AudioFileEncoder.collate(enc, [torch.randn(N_MELS, n, generator=gen) for n in ns])
         for name, ns in (("padded", lengths), ("bucketed", middle))
     }
 
