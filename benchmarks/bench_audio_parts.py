@@ -51,6 +51,9 @@ class TimedLoader:
     def __init__(self, loader: Any, acc: Counter[str]) -> None:
         self.loader, self.acc = loader, acc
 
+    def __len__(self) -> int:
+        return len(self.loader)
+
     def __iter__(self) -> Iterator[Any]:
         batches = iter(self.loader)
         while True:

@@ -2,10 +2,11 @@
 
 Whatever the Trainer adds around the steps (validation, logging, checkpoints, progress bars,
 listing parameters once) must not change what the steps compute. The reference loop builds the
-same model from the same seed, then draws the same batches through a ``DataLoader`` behind a
-``tqdm.auto`` bar, as the Trainer does, and takes the plain steps. (Each DataLoader iterator draws
-one number from the global generator, and ``tqdm.auto``'s bar makes one iterator up front that it
-never uses: two draws per epoch, which the dropout masks after them depend on.)
+same model from the same seed, then draws the same batches through a ``DataLoader`` iterator
+behind a ``tqdm.auto`` bar, as the Trainer does, and takes the plain steps. (Each DataLoader
+iterator draws one number from the global generator, which the dropout masks after it depend
+on: one per epoch. Given the loader itself, ``tqdm.auto``'s bar would make a second iterator up
+front that it never uses.)
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def reference_weights(cfg: Config) -> dict[str, torch.Tensor]:
     for epoch in range(tc.epochs):
         model.train()
         batches.set_epoch(epoch)
-        for x in tqdm(loader, disable=True):
+        for x in tqdm(iter(loader), disable=True):
             emb = model(x)
             pair_loss("infonce", emb["image"], emb["text"], model.scale()).backward()
             torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or math.inf)

@@ -16,7 +16,7 @@ from modalign.train.checkpoint import load_checkpoint
 from modalign.train.loop import Trainer
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from conftest import synthetic_config  # noqa: E402
+from conftest import synthetic_config
 
 sf = pytest.importorskip("soundfile")
 
