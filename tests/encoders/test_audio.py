@@ -155,6 +155,18 @@ def frames_batch(lengths: list[int], n_mels: int = 24) -> dict[str, torch.Tensor
     return AudioFileEncoder.collate(enc, [torch.randn(n_mels, n, generator=gen) for n in lengths])
 
 
+def test_fast_blocks_run_in_float64_as_the_reference_does() -> None:
+    fast, plain = twin_encoders(dropout=0.0)
+    fast.double(), plain.double()
+    batch = frames_batch([37, 20, 9])
+    batch["logmel"] = batch["logmel"].double()
+    torch.testing.assert_close(fast(batch), plain(batch), rtol=1e-10, atol=1e-10)
+    waves = fast.collate(
+        [torch.randn(4000, dtype=torch.float64), torch.randn(1500, dtype=torch.float64)]
+    )
+    assert fast(waves).dtype == torch.float64
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_frames_standardised_by_collate_give_the_outputs_of_standardising_the_batch(
     fast: bool,

@@ -105,3 +105,27 @@ def test_the_default_prefetches_raw_inputs_beside_steps_that_leave_a_core(
         assert store_only._prefetches() is False
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_reading_threads_setting_does_not_outlive_the_run(tmp_path: Path) -> None:
+    """The reader runs one intra-op thread; torch makes a thread's setting the default of
+    threads started later, so ``fit`` restores the caller's."""
+    import threading
+
+    def in_a_new_thread() -> int:
+        seen: list[int] = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cfg = audio_config(
+            tmp_path, str(tmp_path / "fc"), 8, "train.epochs=1", "train.num_threads=2"
+        )
+        Trainer(cfg, tmp_path / "run", prefetch=True).fit()  # type: ignore[arg-type]
+        assert torch.get_num_threads() == 2 and in_a_new_thread() == 2
+    finally:
+        torch.set_num_threads(before)

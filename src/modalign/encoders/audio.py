@@ -595,6 +595,7 @@ def standardise_frames_last(logmel: torch.Tensor, mask: torch.Tensor) -> torch.T
         plain = (logmel - mean[..., None]) / (std[..., None] + 1e-3) * mask
         return plain.transpose(1, 2).contiguous().transpose(1, 2)
     rows = logmel.transpose(1, 2)  # (B, T, M): the collated memory when it is frames-last
+    mask = mask.to(logmel.dtype)  # (a product takes one dtype)
     count = mask.sum(-1)[..., None].clamp_min(1.0)  # (B, 1, 1)
     mean = torch.bmm(mask, rows) / count  # (B, 1, M): one read, nothing written
     centred = torch.sub(rows, mean).mul_(mask.transpose(1, 2))  # (B, T, M), 0 on padding

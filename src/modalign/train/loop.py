@@ -346,6 +346,7 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train to the end (or early stop), then evaluate ``eval.splits``; returns metrics.json."""
+        threads = torch.get_num_threads()
         # the run folder stays locked until its metrics.json is written
         with self._lock, _frozen_heap():
             try:
@@ -353,6 +354,9 @@ class Trainer:
             finally:  # records buffered before an error reach the log too
                 self._stop_background()
                 self.logger.close()
+                # the background threads run one intra-op thread each, and torch takes a
+                # thread's setting as the default of threads started after it: the caller's again
+                torch.set_num_threads(threads)
 
     def _fit(self) -> dict[str, float]:
         cfg = self.cfg
