@@ -73,6 +73,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def local_world_size() -> int:
+    """Processes on this machine (``LOCAL_WORLD_SIZE``, which torchrun sets); 1 when unset."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def is_distributed() -> bool:
     """True when a process group with more than one process is running (gathers communicate)."""
     return _initialised() and dist.get_world_size() > 1

@@ -75,12 +75,14 @@ def test_prefetched_batches_train_the_same_run(tmp_path: Path, frames: bool) -> 
 
 
 @pytest.mark.parametrize(
-    ("cores", "threads", "workers", "expected"),
+    ("cores", "threads", "workers", "local", "expected"),
     [
-        (2, 1, 0, True),  # one-thread steps leave a core to the reading
-        (2, 2, 0, False),  # the steps hold both cores
-        (1, 1, 0, False),
-        (2, 1, 2, False),  # worker processes read instead
+        (2, 1, 0, 1, True),  # one-thread steps leave a core to the reading
+        (2, 2, 0, 1, False),  # the steps hold both cores
+        (1, 1, 0, 1, False),
+        (2, 1, 2, 1, False),  # worker processes read instead
+        (2, 1, 0, 2, False),  # two torchrun processes: a core each
+        (8, 1, 0, 2, True),
     ],
 )
 def test_the_default_prefetches_raw_inputs_beside_steps_that_leave_a_core(
@@ -89,11 +91,13 @@ def test_the_default_prefetches_raw_inputs_beside_steps_that_leave_a_core(
     cores: int,
     threads: int,
     workers: int,
+    local: int,
     expected: bool,
 ) -> None:
     import modalign.train.loop as loop
 
     monkeypatch.setattr(loop, "usable_cores", lambda: cores)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
     cfg = audio_config(tmp_path, str(tmp_path / "fc"), 8, f"train.num_workers={workers}")
     trainer = Trainer(cfg, tmp_path / "run")  # type: ignore[arg-type]
     before = torch.get_num_threads()

@@ -536,8 +536,9 @@ class Trainer:
         By default where the loader reads in this process (``train.num_workers: 0``), some input
         is read raw (features from a store are a cheap gather: a thread would cost more than it
         saves), and the steps leave a core to it (``torch.get_num_threads()``, set for the
-        epoch, is below the cores; a GPU step holds one core). Other processes' load is not
-        counted: the reading is work the epoch does anyway, and beside one-thread steps it
+        epoch, is below this process's share of the cores, all of them split between the
+        machine's ``torchrun`` processes; a GPU step holds one core). Other processes' load is
+        not counted: the reading is work the epoch does anyway, and beside one-thread steps it
         stalls no barrier."""
         if self.prefetch is not None:
             return self.prefetch
@@ -545,7 +546,7 @@ class Trainer:
         if self.cfg.train.num_workers or set(data.stores) == set(data.modalities):
             return False
         step = torch.get_num_threads() if self.device.type == "cpu" else 1
-        return usable_cores() > step
+        return usable_cores() // distributed.local_world_size() > step
 
     def _report(self, bar: Any, losses: dict[str, Tensor], grad_norm: float) -> None:
         """The step's mean loss to the progress bar (at most as often as the bar redraws) and,
