@@ -172,6 +172,12 @@ class PairedData:
                     f"{self.manifest.path}: modality {m!r} has {n} train row(s), fewer than data.min_rows={min_rows}"
                 )
 
+    @property
+    def reads_raw(self) -> bool:
+        """Whether some modality is read raw (files or texts through its encoder's ``load``),
+        not gathered from a feature store."""
+        return set(self.stores) != set(self.modalities)
+
     def feature_matrix(self, modality: str) -> np.ndarray:
         """(N, D) float32 features of every manifest row from ``modality``'s feature store; NaN
         rows where the modality is missing or the row was skipped."""

@@ -372,9 +372,8 @@ class AudioFileEncoder(Encoder):
         frames = self.frame_cache.lookup(cell)  # (frames, M) view of a memory map, or None
         if frames is None:  # a file added or changed since the cache was filled
             frames = self.decode_frames(cell)
-        return torch.from_numpy(
-            np.array(frames)
-        ).T  # (M, frames): a copy (torch.tensor: 1.6x slower)
+        # a copy: numpy's, then shared (torch.tensor copies 1.2-1.6x slower)
+        return torch.from_numpy(np.array(frames)).T  # (M, frames)
 
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         if items[0].dim() == 2:  # log-mel frames from the frame cache: (M, frames) each
@@ -409,13 +408,20 @@ class AudioFileEncoder(Encoder):
             logmel, valid = augment_logmel(
                 logmel, valid, self.augment, self._augment_generator, self.front.eps
             )
-        mask = (
-            torch.arange(logmel.shape[-1], device=device)[None, :] < valid[:, None]
-        )  # (B, frames)
-        return logmel, mask[:, None, :].float()
+        return logmel, frame_mask(valid, logmel.shape[-1], logmel.dtype)
 
     def _prep_key(self) -> str:
         return f"sr={self.sample_rate}:max={self.max_seconds}:mels={self.n_mels}"
+
+
+def frame_mask(valid: torch.Tensor, frames: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, frames) mask of ``dtype``, 1 on the first ``valid[b]`` frames of each clip.
+
+    Example:
+        >>> frame_mask(torch.tensor([2, 3]), 3, torch.float32)[:, 0].tolist()
+        [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    """
+    return (torch.arange(frames, device=valid.device) < valid[:, None])[:, None].to(dtype)
 
 
 def masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -528,8 +534,7 @@ class ConvAudioEncoder(AudioFileEncoder):
         x: torch.Tensor | None = None
         if "standardised" in batch:  # standardised by ``collate``: (B, M, T)
             x = batch["standardised"].to(self.front.filters.device)
-            valid = batch["frames"].to(x.device)  # (B,)
-            mask = (torch.arange(x.shape[-1], device=x.device) < valid[:, None])[:, None].float()
+            mask = frame_mask(batch["frames"].to(x.device), x.shape[-1], x.dtype)
         else:
             logmel, mask = self.logmel_and_mask(batch)  # (B, M, T), (B, 1, T)
         if self.training and mask.device.type == "cpu":

@@ -198,7 +198,7 @@ def fill_frame_cache(
     resolved = sorted({str(Path(p).resolve()) for p in paths})
     distributed.barrier()  # no process lists the cache while another is already filling it
     cache.refresh()
-    missing = [p for p in resolved if file_key(Path(p)) not in cache]
+    missing = [p for p in resolved if file_key(p) not in cache]
     distributed.barrier()  # ... nor adds to it before every process has listed it
     mine = missing[distributed.rank() :: distributed.world_size()]
     error = None
@@ -243,7 +243,7 @@ def _decode_into(
     for i, item in tqdm(iter(loader), total=len(paths), desc=desc, disable=not progress):
         if isinstance(item, str):
             raise DataError(item)
-        keys.append(file_key(Path(paths[i])))
+        keys.append(file_key(paths[i]))
         frames.append(np.asarray(item))
         if len(keys) >= shard_size:
             cache.write(keys, frames)

@@ -428,7 +428,7 @@ class Trainer:
         if self.overlap is not None:
             return self.overlap
         cfg, data = self.cfg.train, self.parts.data
-        if self.device.type != "cpu" or set(data.stores) != set(data.modalities):
+        if self.device.type != "cpu" or data.reads_raw:
             return False
         rows = min(cfg.batch_size, cfg.chunk_size or cfg.batch_size)
         flops = mean_matmul_flops(
@@ -542,8 +542,7 @@ class Trainer:
         stalls no barrier."""
         if self.prefetch is not None:
             return self.prefetch
-        data = self.parts.data
-        if self.cfg.train.num_workers or set(data.stores) == set(data.modalities):
+        if self.cfg.train.num_workers or not self.parts.data.reads_raw:
             return False
         step = torch.get_num_threads() if self.device.type == "cpu" else 1
         return usable_cores() // distributed.local_world_size() > step
